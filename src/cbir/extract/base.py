@@ -1,0 +1,77 @@
+"""The FeatureExtractor protocol and its registry.
+
+An extractor turns decoded images into L2-normalised float32 vectors. Its name, dim
+and preprocessing travel into the collection's manifest (as timm's data config travels
+with a model), so vectors of different extractors are never mixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from cbir.registry import Registry
+
+
+@dataclass
+class Embedding:
+    """What an extractor returns for a batch of n images.
+
+    features: (n, dim) float32, each row L2-normalised.
+    probs:    (n, n_classes) float32 class probabilities, or None if the extractor has no classifier.
+    regions:  (n, h*w, c) float32 region features (before pooling), or None unless requested.
+    """
+
+    features: np.ndarray
+    probs: np.ndarray | None = None
+    regions: np.ndarray | None = None
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    name: str
+    dim: int
+    #: JSON-serialisable description of the input pipeline (size, crop, mean, std...).
+    preprocessing: dict[str, Any]
+    #: class names of ``Embedding.probs`` columns (empty when there is no classifier).
+    class_names: list[str]
+    #: the decode target: images may be decoded at reduced scale down to this short side.
+    input_size: int
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """One RGB PIL image -> a float32 array ready to stack into a batch."""
+        ...
+
+    def embed(self, batch: np.ndarray, *, regions: bool = False) -> Embedding:
+        """A stacked batch from ``preprocess`` -> Embedding."""
+        ...
+
+
+@dataclass
+class Labels:
+    """Top-k class labels of one image: [(name, probability), ...] best first."""
+
+    items: list[tuple[str, float]] = field(default_factory=list)
+
+
+def top_labels(probs: np.ndarray, class_names: list[str], k: int = 5) -> list[list[tuple[str, float]]]:
+    """(n, C) probabilities -> per row the k most probable (name, prob), best first."""
+    if probs is None or len(class_names) == 0:
+        return [[] for _ in range(0 if probs is None else len(probs))]
+    k = min(k, probs.shape[1])
+    idx = np.argsort(-probs, axis=1)[:, :k]
+    return [[(class_names[j], round(float(p[j]), 6)) for j in row] for p, row in zip(probs, idx, strict=True)]
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Row-wise L2 normalisation, float32."""
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(n, eps)
+
+
+EXTRACTORS: Registry[FeatureExtractor] = Registry("extractor")
+DEFAULT_EXTRACTOR = "efficientnet-lite0"

@@ -1,0 +1,1 @@
+"""Image decoding, file discovery and tag reading."""
