@@ -1,0 +1,384 @@
+"""The SQLite catalog: one row per image file, with its float16 feature vector.
+
+SQLite in WAL mode gives what indexing needs: a batch of rows is committed in one
+transaction, so after a crash or ``kill -9`` the catalog holds every committed batch
+and nothing of a half-written one. Row ids are never reused (AUTOINCREMENT), which lets
+the vector index be brought up to date by set difference on ids. The schema carries a
+version with step-by-step migrations (as rclip's DB.VERSION does).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cbir.errors import CollectionError
+
+CATALOG_NAME = "catalog.sqlite"
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL UNIQUE,
+        sha256 TEXT,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        width INTEGER,
+        height INTEGER,
+        status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+        error TEXT,
+        labels TEXT,
+        top_class INTEGER,
+        tags TEXT,
+        feature BLOB,
+        indexed_at REAL NOT NULL
+    );
+    CREATE INDEX images_sha256 ON images(sha256);
+    CREATE INDEX images_status ON images(status);
+    CREATE TABLE regions (
+        image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        shape TEXT NOT NULL,
+        data BLOB NOT NULL
+    );
+    INSERT INTO meta VALUES ('generation', '0');
+    """,
+}
+
+
+@dataclass
+class ImageRecord:
+    """One catalog row. ``feature`` is float16 (dim,) for status 'ok', else None."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    status: str = "ok"
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+    labels: list[tuple[str, float]] = field(default_factory=list)
+    top_class: int | None = None
+    tags: list[str] = field(default_factory=list)
+    feature: np.ndarray | None = None
+    regions: np.ndarray | None = None
+    id: int | None = None
+    indexed_at: float = 0.0
+
+
+_COLUMNS = (
+    "id, path, sha256, size, mtime_ns, width, height, status, error, labels, top_class, tags, "
+    "indexed_at"
+)
+
+
+def _row_to_record(row: sqlite3.Row, feature: np.ndarray | None = None) -> ImageRecord:
+    return ImageRecord(
+        id=row["id"],
+        path=row["path"],
+        sha256=row["sha256"],
+        size=row["size"],
+        mtime_ns=row["mtime_ns"],
+        width=row["width"],
+        height=row["height"],
+        status=row["status"],
+        error=row["error"],
+        labels=[tuple(x) for x in json.loads(row["labels"] or "[]")],
+        top_class=row["top_class"],
+        tags=json.loads(row["tags"] or "[]"),
+        indexed_at=row["indexed_at"],
+        feature=feature,
+    )
+
+
+class Catalog:
+    """The catalog of one collection. Use as a context manager or call ``close()``."""
+
+    def __init__(self, path: Path, dim: int, *, readonly: bool = False):
+        self.path = Path(path)
+        self.dim = dim
+        if readonly and not self.path.exists():
+            raise CollectionError(f"no catalog at {self.path}; run `cbir index FOLDER` first")
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                      check_same_thread=False)
+        except sqlite3.Error as e:
+            raise CollectionError(f"cannot open catalog {self.path}: {e}") from None
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    # -- schema ---------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise CollectionError(
+                f"catalog {self.path} has schema version {version}, newer than this cbir "
+                f"understands ({SCHEMA_VERSION}); upgrade cbir"
+            )
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            # one script = one transaction: a crash mid-migration leaves the old version
+            self.db.executescript(f"BEGIN; {_MIGRATIONS[v]} PRAGMA user_version={v}; COMMIT;")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transactions ---------------------------------------------------------------------
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection):
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            if exc_type is None:
+                self.db.execute("COMMIT")
+            else:
+                self.db.execute("ROLLBACK")
+
+    def transaction(self) -> Catalog._Tx:
+        """``with catalog.transaction():`` — all or nothing, and bumps nothing by itself."""
+        return Catalog._Tx(self.db)
+
+    def generation(self) -> int:
+        """A counter bumped by every committed change; the index remembers the one it saw."""
+        return int(self.db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+
+    def _bump(self) -> None:
+        self.db.execute(
+            "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key='generation'"
+        )
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- writes ---------------------------------------------------------------------------
+    def commit_batch(self, records: Sequence[ImageRecord], remove_paths: Iterable[str] = ()) -> list[int]:
+        """Atomically replace the rows of ``records`` (by path) and delete ``remove_paths``.
+
+        A replaced row gets a new id, so the vector index sees it as removed + added.
+        Returns the new ids in the order of ``records``.
+        """
+        now = time.time()
+        ids: list[int] = []
+        with self.transaction() as db:
+            for p in remove_paths:
+                db.execute("DELETE FROM images WHERE path=?", (p,))
+            for r in records:
+                db.execute("DELETE FROM images WHERE path=?", (r.path,))
+                blob = None
+                if r.feature is not None:
+                    f = np.asarray(r.feature, dtype="<f2").reshape(-1)
+                    if f.shape[0] != self.dim:
+                        raise CollectionError(
+                            f"feature of {r.path} has {f.shape[0]} values, expected {self.dim}"
+                        )
+                    blob = f.tobytes()
+                cur = db.execute(
+                    "INSERT INTO images (path, sha256, size, mtime_ns, width, height, status, error,"
+                    " labels, top_class, tags, feature, indexed_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        r.path, r.sha256, r.size, r.mtime_ns, r.width, r.height, r.status, r.error,
+                        json.dumps([list(x) for x in r.labels]), r.top_class,
+                        json.dumps(r.tags, ensure_ascii=False), blob, now,
+                    ),
+                )
+                rid = int(cur.lastrowid)
+                ids.append(rid)
+                if r.regions is not None:
+                    reg = np.asarray(r.regions, dtype="<f2")
+                    db.execute(
+                        "INSERT INTO regions VALUES (?, ?, ?)",
+                        (rid, json.dumps(list(reg.shape)), reg.tobytes()),
+                    )
+            self._bump()
+        return ids
+
+    def remove_paths(self, paths: Iterable[str]) -> int:
+        """Delete rows by exact path; returns how many existed."""
+        n = 0
+        with self.transaction() as db:
+            for p in paths:
+                n += db.execute("DELETE FROM images WHERE path=?", (p,)).rowcount
+            if n:
+                self._bump()
+        return n
+
+    def clear(self) -> int:
+        with self.transaction() as db:
+            n = db.execute("DELETE FROM images").rowcount
+            self._bump()
+        return n
+
+    # -- reads ----------------------------------------------------------------------------
+    def count(self, status: str | None = None) -> int:
+        if status is None:
+            return int(self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+        return int(
+            self.db.execute("SELECT COUNT(*) FROM images WHERE status=?", (status,)).fetchone()[0]
+        )
+
+    def file_states(self, under: str | None = None) -> dict[str, tuple[int, int, str]]:
+        """path -> (size, mtime_ns, status) for rows whose path is ``under`` (a folder or a file)."""
+        if under is None:
+            rows = self.db.execute("SELECT path, size, mtime_ns, status FROM images")
+        else:
+            prefix = under.rstrip("/") + "/"
+            rows = self.db.execute(
+                "SELECT path, size, mtime_ns, status FROM images"
+                " WHERE path = ? OR substr(path, 1, ?) = ?",
+                (under, len(prefix), prefix),
+            )
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def ok_hashes(self) -> dict[str, int]:
+        """sha256 -> one row id with that content (for recognising duplicate files)."""
+        rows = self.db.execute(
+            "SELECT sha256, MIN(id) FROM images WHERE status='ok' AND sha256 IS NOT NULL GROUP BY sha256"
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def get(self, *, id: int | None = None, path: str | None = None,
+            with_feature: bool = False) -> ImageRecord | None:
+        cols = _COLUMNS + (", feature" if with_feature else "")
+        if id is not None:
+            row = self.db.execute(f"SELECT {cols} FROM images WHERE id=?", (int(id),)).fetchone()
+        else:
+            row = self.db.execute(f"SELECT {cols} FROM images WHERE path=?", (path,)).fetchone()
+        if row is None:
+            return None
+        feat = self._decode(row["feature"]) if with_feature else None
+        return _row_to_record(row, feat)
+
+    def records(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
+        """Rows by id (without features); missing ids are absent from the result."""
+        out: dict[int, ImageRecord] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            q = ",".join("?" * len(chunk))
+            for row in self.db.execute(f"SELECT {_COLUMNS} FROM images WHERE id IN ({q})", chunk):
+                out[row["id"]] = _row_to_record(row)
+        return out
+
+    def iter_records(self, status: str | None = None) -> Iterator[ImageRecord]:
+        sql = f"SELECT {_COLUMNS} FROM images"
+        args: tuple = ()
+        if status:
+            sql += " WHERE status=?"
+            args = (status,)
+        for row in self.db.execute(sql + " ORDER BY id", args):
+            yield _row_to_record(row)
+
+    def ok_ids(self) -> np.ndarray:
+        rows = self.db.execute("SELECT id FROM images WHERE status='ok' ORDER BY id").fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def features(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 (n,), features float32 (n, dim)) for 'ok' rows (all, or the given ids)."""
+        if ids is None:
+            rows = self.db.execute(
+                "SELECT id, feature FROM images WHERE status='ok' ORDER BY id"
+            ).fetchall()
+        else:
+            rows = []
+            ids = [int(i) for i in ids]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                q = ",".join("?" * len(chunk))
+                rows += self.db.execute(
+                    f"SELECT id, feature FROM images WHERE status='ok' AND id IN ({q})", chunk
+                ).fetchall()
+        out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        feats = np.empty((len(rows), self.dim), dtype=np.float32)
+        for i, r in enumerate(rows):
+            feats[i] = self._decode(r[1])
+        return out_ids, feats
+
+    def regions(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Stored region features, float16 arrays by image id (only images indexed with regions)."""
+        out: dict[int, np.ndarray] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 200):
+            chunk = ids[start:start + 200]
+            q = ",".join("?" * len(chunk))
+            for r in self.db.execute(
+                f"SELECT image_id, shape, data FROM regions WHERE image_id IN ({q})", chunk
+            ):
+                out[r[0]] = np.frombuffer(r[2], dtype="<f2").reshape(json.loads(r[1]))
+        return out
+
+    def _decode(self, blob: bytes | None) -> np.ndarray | None:
+        if blob is None:
+            return None
+        return np.frombuffer(blob, dtype="<f2").astype(np.float32)
+
+    def error_summary(self) -> list[tuple[str, int]]:
+        rows = self.db.execute(
+            "SELECT error, COUNT(*) FROM images WHERE status='error' GROUP BY error ORDER BY 2 DESC"
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def duplicate_groups(self) -> int:
+        """How many extra copies exist of content that is already indexed under another path."""
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(c - 1), 0) FROM (SELECT COUNT(*) c FROM images"
+            " WHERE status='ok' AND sha256 IS NOT NULL GROUP BY sha256 HAVING c > 1)"
+        ).fetchone()
+        return int(row[0])
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's own integrity check plus row-level checks of the stored features."""
+        problems: list[str] = []
+        res = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
+        if res != ["ok"]:
+            problems += [f"sqlite: {r}" for r in res]
+        expected = self.dim * 2
+        bad = self.db.execute(
+            "SELECT path FROM images WHERE status='ok' AND (feature IS NULL OR length(feature) != ?)",
+            (expected,),
+        ).fetchall()
+        problems += [f"{r[0]}: missing or wrong-size feature" for r in bad]
+        bad = self.db.execute(
+            "SELECT path FROM images WHERE status='error' AND (error IS NULL OR feature IS NOT NULL)"
+        ).fetchall()
+        problems += [f"{r[0]}: error row without a reason or with a feature" for r in bad]
+        rows = self.db.execute(
+            "SELECT path, feature FROM images WHERE status='ok' AND feature IS NOT NULL")
+        for r in rows:
+            if len(r[1]) != expected:
+                continue
+            f = np.frombuffer(r[1], dtype="<f2").astype(np.float32)
+            n = float(np.linalg.norm(f))
+            if not np.isfinite(f).all() or abs(n - 1.0) > 0.01:
+                problems.append(f"{r[0]}: feature is not finite and unit-length (norm {n:.3f})")
+        return problems
+
+    def db_bytes(self) -> int:
+        return sum(
+            p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file()
+        )
