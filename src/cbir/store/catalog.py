@@ -247,7 +247,8 @@ class Catalog:
         if under is None:
             rows = self.db.execute("SELECT path, size, mtime_ns, status FROM images")
         else:
-            prefix = under.rstrip("/") + "/"
+            under = under.rstrip("/") or "/"
+            prefix = under if under == "/" else under + "/"
             rows = self.db.execute(
                 "SELECT path, size, mtime_ns, status FROM images"
                 " WHERE path = ? OR substr(path, 1, ?) = ?",
