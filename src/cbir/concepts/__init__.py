@@ -1,0 +1,73 @@
+"""Multi-concept semantic scene retrieval (SSIR): vocabularies, query context, relevance, fusion.
+
+Numpy only at import time; the torch losses (:mod:`cbir.concepts.losses`) load on first use.
+
+Typical flow::
+
+    vocab = ConceptVocabulary.from_labels(train_labels, max_size=4, min_support=200)
+    context = ConceptContext(vocab, vocab.encode(train_labels))
+    fit = fit_fusion_weights(components, labels, groups, has_text)   # on a validation split
+    scorer = SceneScorer(context, fit.weights)
+    scores = scorer.score(["beach", "sunset"], vis_s, vis_m, txt_s, txt_m, has_text)  # (n,)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cbir.concepts.context import K_RC, ConceptContext, QueryContext
+from cbir.concepts.fusion import (
+    FusionResult,
+    fit_fusion_weights,
+    log_likelihood,
+    log_likelihood_and_grad,
+    project_simplex,
+    sample_weights,
+)
+from cbir.concepts.relevance import (
+    COMPONENTS,
+    UNIFORM_WEIGHTS,
+    SceneScorer,
+    check_weights,
+    fuse,
+    multi_relevance,
+    relevance_components,
+    single_relevance,
+)
+from cbir.concepts.vocabulary import ConceptVocabulary, frequent_itemsets, to_concept_matrix
+
+_LAZY = {"balanced_concept_weights", "multi_concept_softmax_loss"}
+
+__all__ = [
+    "COMPONENTS",
+    "K_RC",
+    "UNIFORM_WEIGHTS",
+    "ConceptContext",
+    "ConceptVocabulary",
+    "FusionResult",
+    "QueryContext",
+    "SceneScorer",
+    "balanced_concept_weights",
+    "check_weights",
+    "fit_fusion_weights",
+    "frequent_itemsets",
+    "fuse",
+    "log_likelihood",
+    "log_likelihood_and_grad",
+    "multi_concept_softmax_loss",
+    "multi_relevance",
+    "project_simplex",
+    "relevance_components",
+    "sample_weights",
+    "single_relevance",
+    "to_concept_matrix",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Load the torch-backed losses only when they are asked for."""
+    if name in _LAZY:
+        from cbir.concepts import losses
+
+        return getattr(losses, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
