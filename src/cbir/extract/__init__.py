@@ -1,5 +1,32 @@
-"""Feature extractors: protocol, registry and the built-in backbones."""
+"""Feature extractors: protocol, registry and the built-in backbones.
 
-from cbir.extract.base import DEFAULT_EXTRACTOR, EXTRACTORS, Embedding, FeatureExtractor, top_labels
+Importing this package registers "efficientnet-lite0" and "colorhist" without importing
+torch or onnxruntime (onnxruntime loads on the first ``embed``; torch only to export).
+"""
 
-__all__ = ["DEFAULT_EXTRACTOR", "EXTRACTORS", "Embedding", "FeatureExtractor", "top_labels"]
+from cbir.extract import colorhist as _colorhist  # noqa: F401 - registers "colorhist"
+from cbir.extract import efficientnet as _efficientnet  # noqa: F401 - registers the backbone
+from cbir.extract.base import (
+    DEFAULT_EXTRACTOR,
+    EXTRACTORS,
+    Embedding,
+    FeatureExtractor,
+    l2_normalize,
+    top_labels,
+)
+
+
+def create_extractor(name: str = DEFAULT_EXTRACTOR, **kwargs: object) -> FeatureExtractor:
+    """Build the extractor registered as ``name`` (UnknownComponent lists the known names)."""
+    return EXTRACTORS.create(name, **kwargs)
+
+
+__all__ = [
+    "DEFAULT_EXTRACTOR",
+    "EXTRACTORS",
+    "Embedding",
+    "FeatureExtractor",
+    "create_extractor",
+    "l2_normalize",
+    "top_labels",
+]

@@ -1,0 +1,180 @@
+"""EfficientNet-Lite0 (ImageNet-1k) features through onnxruntime on the CPU.
+
+The ONNX graph is exported once from the pip-shipped PyTorch weights and cached (see
+``cbir.extract.onnx_export``); after that neither torch nor a network is needed.
+onnxruntime itself is imported only when the first batch is embedded.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from cbir.errors import BackendUnavailable, InvalidRequest
+from cbir.extract.base import EXTRACTORS, Embedding, l2_normalize
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+INPUT_SIZE = 224
+DIM = 1280
+#: TF-Lite convention of the original EfficientNet-Lite: (x - 127) / 128 on 0..255 RGB.
+MEAN = 127.0
+STD = 128.0
+OUTPUTS = ("pooled", "logits", "regions")
+
+
+@cache
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names, in class-index order."""
+    text = resources.files("cbir.extract").joinpath("imagenet_classes.txt").read_text("utf-8")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(names) != 1000:
+        raise RuntimeError(f"imagenet_classes.txt has {len(names)} names, expected 1000")
+    return names
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (n, C) logits -> (n, C) float32 probabilities."""
+    z = np.asarray(logits, dtype=np.float32)
+    z = z - z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+@EXTRACTORS.register("efficientnet-lite0")
+class EfficientNetLite0:
+    """EfficientNet-Lite0: 1280-d pooled features, ImageNet probs, optional 7x7 regions.
+
+    intra_op_num_threads: onnxruntime threads (default ``os.cpu_count()``).
+    allow_spinning: let onnxruntime's idle threads busy-wait. Spinning helps a little when
+        the model runs alone but steals the cores from decode threads in ``embed_files``,
+        so it is off by default (measured in bench/bench_extract.py).
+    model_path: an ONNX file with the graph of ``onnx_export``; default: the cached export
+        (created on first use, which needs torch once).
+    reducing_gap: Pillow's ``resize(reducing_gap=...)``: a cheap box reduction first when the
+        image is much larger than 224 px (None disables it).
+    """
+
+    name = "efficientnet-lite0"
+    dim = DIM
+    input_size = INPUT_SIZE
+
+    def __init__(self, *, intra_op_num_threads: int | None = None, allow_spinning: bool = False,
+                 model_path: str | Path | None = None, reducing_gap: float | None = 3.0):
+        self.intra_op_num_threads = int(intra_op_num_threads or os.cpu_count() or 1)
+        if self.intra_op_num_threads < 1:
+            raise InvalidRequest(f"intra_op_num_threads must be >= 1, got {intra_op_num_threads}")
+        self.allow_spinning = allow_spinning
+        self.model_path = Path(model_path) if model_path is not None else None
+        self.reducing_gap = reducing_gap
+        self.class_names = imagenet_class_names()
+        self.preprocessing: dict[str, Any] = {
+            "size": INPUT_SIZE,
+            "resize": "short side to 224",
+            "crop": "center 224x224",
+            "resample": "bilinear",
+            "reducing_gap": reducing_gap,
+            "value_range": [0, 255],
+            "mean": [MEAN] * 3,
+            "std": [STD] * 3,
+            "channels": "RGB",
+            "layout": "NCHW",
+            "dtype": "float32",
+        }
+        self._session: ort.InferenceSession | None = None
+        self._lock = threading.Lock()
+
+    # -- onnxruntime -------------------------------------------------------------------
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The onnxruntime session, created (and the model exported) on first use."""
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = self._create_session()
+        return self._session
+
+    def _create_session(self) -> ort.InferenceSession:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendUnavailable("onnxruntime is missing: pip install onnxruntime") from e
+        from cbir.extract import onnx_export
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = self.intra_op_num_threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning",
+                                    "1" if self.allow_spinning else "0")
+        providers = ["CPUExecutionProvider"]
+        if self.model_path is not None:
+            return ort.InferenceSession(str(self.model_path), so, providers=providers)
+        path = onnx_export.ensure_onnx(self.name)
+        try:
+            return ort.InferenceSession(str(path), so, providers=providers)
+        except Exception:  # noqa: BLE001 - a damaged cache file: export again, once
+            path.unlink(missing_ok=True)
+            return ort.InferenceSession(str(onnx_export.ensure_onnx(self.name)), so,
+                                        providers=providers)
+
+    def forward(self, batch: np.ndarray, outputs: tuple[str, ...] = OUTPUTS) -> dict[str, np.ndarray]:
+        """Raw graph outputs for a (n, 3, 224, 224) float32 batch.
+
+        pooled (n, 1280), logits (n, 1000), regions (n, 49, 1280); all float32, unnormalised.
+        """
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != (3, INPUT_SIZE, INPUT_SIZE):
+            raise InvalidRequest(
+                f"{self.name} expects a (n, 3, {INPUT_SIZE}, {INPUT_SIZE}) batch from "
+                f"preprocess(), got {batch.shape}")
+        bad = [o for o in outputs if o not in OUTPUTS]
+        if bad:
+            raise InvalidRequest(f"unknown outputs {bad}; choose from {list(OUTPUTS)}")
+        res = self.session.run(list(outputs), {"input": batch})
+        return dict(zip(outputs, res, strict=True))
+
+    # -- the FeatureExtractor protocol -------------------------------------------------
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """RGB image -> (3, 224, 224) float32: short side to 224, center crop, (x-127)/128.
+
+        Resize and crop are one ``resize(box=...)`` of the central square, which equals
+        "resize the short side to 224, then center-crop 224" without resampling the
+        cropped-off margins.
+        """
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        w, h = image.size
+        s = min(w, h)
+        box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+        if (w, h) == (INPUT_SIZE, INPUT_SIZE):
+            im = image
+        else:
+            im = image.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR, box=box,
+                              reducing_gap=self.reducing_gap)
+        a = np.asarray(im).transpose(2, 0, 1).astype(np.float32)  # (3, 224, 224), a copy
+        a -= MEAN
+        a *= 1.0 / STD
+        return a
+
+    def embed(self, batch: np.ndarray, *, regions: bool = False) -> Embedding:
+        """(n, 3, 224, 224) float32 -> features (n, 1280) L2-normalised, probs (n, 1000),
+        regions (n, 49, 1280) float32 when requested (only the needed outputs are fetched)."""
+        outs = ("pooled", "logits", "regions") if regions else ("pooled", "logits")
+        res = self.forward(batch, outs)
+        return Embedding(
+            features=l2_normalize(res["pooled"]),
+            probs=softmax(res["logits"]),
+            regions=res["regions"].astype(np.float32, copy=False) if regions else None,
+        )

@@ -1,0 +1,204 @@
+"""A bounded decode -> infer pipeline that keeps every core busy.
+
+Decode threads read each file once, hash its bytes, decode (JPEG draft mode down to the
+extractor's input size) and preprocess; the calling thread stacks ready items into
+batches and runs ``extractor.embed``. Pillow's decoders/resizers, hashlib and numpy
+release the GIL, so threads are enough. At most ``max_pending`` items are in flight, so
+memory stays flat whatever the number of files.
+
+Threads on a small machine: onnxruntime's intra-op threads and the decode threads share
+the cores. On the 2-core reference machine the best throughput came from the model using
+all cores (``intra_op_num_threads = os.cpu_count()``) with thread spinning *off* (spinning
+idle onnxruntime threads steal the cores from the decoders) and ``decode_workers =
+os.cpu_count()``: decoding fills the gaps in the model's parallel sections, and while a
+batch runs the next one is already being decoded. See bench/bench_extract.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from cbir.errors import CbirError, InvalidImage
+from cbir.extract.base import Embedding, FeatureExtractor
+from cbir.io.images import image_size, load_image, os_error_reason
+
+K = TypeVar("K")
+
+#: read_hook(key, data) -> False to skip decoding (e.g. the bytes' sha256 is already indexed).
+ReadHook = Callable[[K, bytes], bool]
+
+@dataclass
+class ItemResult(Generic[K]):
+    """The outcome for one input file; exactly one per input.
+
+    sha256: hex digest of the file's bytes (None if it could not be read).
+    size: file size in bytes. width, height: the original image size as displayed (EXIF
+        orientation applied, read from the header); 0 when unknown (unreadable or bad header).
+    features: (dim,) float32 L2-normalised; probs: (n_classes,) float32 or None;
+    regions: (h*w, c) float32 when requested. All None on error or skip.
+    error: a one-line reason when the file could not be read or decoded.
+    skipped: True when ``read_hook`` returned False (features are to be reused).
+    """
+
+    key: K
+    path: Path
+    sha256: str | None = None
+    size: int = 0
+    width: int = 0
+    height: int = 0
+    features: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    regions: np.ndarray | None = None
+    error: str | None = None
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when features were computed."""
+        return self.features is not None
+
+
+def default_decode_workers() -> int:
+    """Decode threads when none are given: one per core (see the module docstring)."""
+    return max(1, os.cpu_count() or 1)
+
+
+def _display_size(data: bytes, name: str) -> tuple[int, int]:
+    """(width, height) as displayed, from the header only; (0, 0) if the header is bad."""
+    try:
+        return image_size(data, oriented=True, name=name)
+    except InvalidImage:  # load_image reports the reason
+        return 0, 0
+
+
+def _decode(key: K, path: Path, extractor: FeatureExtractor,
+            read_hook: ReadHook | None) -> tuple[ItemResult[K], np.ndarray | None]:
+    """Worker: read, hash, maybe skip, decode, preprocess. Never raises for a bad file."""
+    res: ItemResult[K] = ItemResult(key, path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        res.error = os_error_reason(e, path)
+        return res, None
+    res.size = len(data)
+    res.sha256 = hashlib.sha256(data).hexdigest()
+    res.width, res.height = _display_size(data, str(path))
+    if read_hook is not None and not read_hook(key, data):
+        res.skipped = True
+        return res, None
+    try:
+        image = load_image(data, target_size=extractor.input_size, name=str(path))
+        if not res.width:
+            res.width, res.height = image.size
+        arr = extractor.preprocess(image)
+    except InvalidImage as e:
+        res.error = e.reason or "cannot decode image"
+        return res, None
+    except (CbirError, OSError, ValueError, MemoryError) as e:
+        res.error = f"{type(e).__name__}: {e}"
+        return res, None
+    return res, arr
+
+
+def _infer(ready: list[tuple[ItemResult[K], np.ndarray]], extractor: FeatureExtractor,
+           regions: bool) -> list[ItemResult[K]]:
+    """Stack preprocessed arrays, embed them in one call and fill the results in."""
+    emb = extractor.embed(np.stack([a for _, a in ready]), regions=regions)
+    out = []
+    for i, (res, _) in enumerate(ready):
+        res.features = emb.features[i]
+        res.probs = None if emb.probs is None else emb.probs[i]
+        res.regions = None if emb.regions is None else emb.regions[i]
+        out.append(res)
+    return out
+
+
+def embed_files(items: Iterable[tuple[K, Path]], extractor: FeatureExtractor, *,
+                batch_size: int = 32, decode_workers: int | None = None,
+                regions: bool = False, read_hook: ReadHook | None = None,
+                infer_workers: int = 1, max_pending: int | None = None,
+                ) -> Iterator[ItemResult[K]]:
+    """Embed files; yields exactly one ItemResult per (key, path), possibly out of order.
+
+    items is consumed lazily. A file that cannot be read or decoded yields a result with
+    ``error`` set; ``read_hook(key, data)`` returning False yields ``skipped=True`` without
+    decoding. Batches run on ``infer_workers`` threads (so inference also overlaps with the
+    consumer's work); more than one only pays with an extractor using fewer intra-op
+    threads than cores. At most ``max_pending`` (default (infer_workers + 1) * batch_size
+    + decode_workers) items are decoding, decoded or being embedded at a time. Closing the
+    iterator early stops the workers.
+    """
+    if batch_size < 1 or infer_workers < 1:
+        raise ValueError(f"batch_size and infer_workers must be >= 1, "
+                         f"got {batch_size} and {infer_workers}")
+    workers = decode_workers or default_decode_workers()
+    limit = max(max_pending or (infer_workers + 1) * batch_size + workers, batch_size)
+    it = iter(items)
+    exhausted = False
+    decoding: set[Future[tuple[ItemResult[K], np.ndarray | None]]] = set()
+    inferring: dict[Future[list[ItemResult[K]]], int] = {}  # future -> number of items
+    ready: list[tuple[ItemResult[K], np.ndarray]] = []
+    decode_pool = ThreadPoolExecutor(workers, thread_name_prefix="cbir-decode")
+    infer_pool = ThreadPoolExecutor(infer_workers, thread_name_prefix="cbir-infer")
+    try:
+        while True:
+            in_flight = len(decoding) + len(ready) + sum(inferring.values())
+            while not exhausted and in_flight < limit:
+                try:
+                    key, path = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                decoding.add(decode_pool.submit(_decode, key, Path(path), extractor, read_hook))
+                in_flight += 1
+            while len(inferring) < infer_workers and (
+                    len(ready) >= batch_size or (ready and exhausted and not decoding)):
+                take, ready = ready[:batch_size], ready[batch_size:]
+                inferring[infer_pool.submit(_infer, take, extractor, regions)] = len(take)
+            if not decoding and not inferring:
+                if not ready:
+                    break
+                take, ready = ready[:batch_size], ready[batch_size:]  # defensive; unreachable
+                inferring[infer_pool.submit(_infer, take, extractor, regions)] = len(take)
+            done, _ = wait([*decoding, *inferring], return_when=FIRST_COMPLETED)
+            for fut in done:
+                if fut in inferring:
+                    del inferring[fut]
+                    yield from fut.result()
+                else:
+                    decoding.discard(fut)
+                    res, arr = fut.result()
+                    if arr is None:
+                        yield res
+                    else:
+                        ready.append((res, arr))
+    finally:
+        decode_pool.shutdown(wait=True, cancel_futures=True)
+        infer_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def embed_images(images: list[Image.Image], extractor: FeatureExtractor, *,
+                 batch_size: int = 32, regions: bool = False) -> Embedding:
+    """Embed in-memory images (e.g. queries), in order -> one Embedding with n rows."""
+    if not images:
+        raise ValueError("embed_images needs at least one image")
+    parts: list[Embedding] = []
+    for i in range(0, len(images), batch_size):
+        batch = np.stack([extractor.preprocess(im) for im in images[i:i + batch_size]])
+        parts.append(extractor.embed(batch, regions=regions))
+
+    def cat(xs: list[np.ndarray | None]) -> np.ndarray | None:
+        return None if any(x is None for x in xs) else np.concatenate(xs)  # type: ignore[arg-type]
+
+    return Embedding(features=np.concatenate([p.features for p in parts]),
+                     probs=cat([p.probs for p in parts]), regions=cat([p.regions for p in parts]))
