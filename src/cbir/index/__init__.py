@@ -1,5 +1,58 @@
-"""Vector indexes: protocol, registry and FAISS backends."""
+"""Vector indexes: protocol, registry, FAISS backends, and factories.
 
-from cbir.index.base import INDEXES, VectorIndex
+Importing this package registers every backend: ``exact``, ``ivf``, ``hnsw``,
+``class-partitioned``.
+"""
 
-__all__ = ["INDEXES", "VectorIndex"]
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cbir.errors import InvalidRequest
+from cbir.index import exact, hnsw, ivf, partitioned  # noqa: F401  (registers the backends)
+from cbir.index.base import FORMAT_VERSION, INDEXES, VectorIndex, read_index_header
+from cbir.index.exact import ExactIndex
+from cbir.index.hnsw import HNSWIndex
+from cbir.index.ivf import IVFIndex
+from cbir.index.partitioned import ClassPartitionedIndex
+
+__all__ = [
+    "FORMAT_VERSION",
+    "INDEXES",
+    "ClassPartitionedIndex",
+    "ExactIndex",
+    "HNSWIndex",
+    "IVFIndex",
+    "VectorIndex",
+    "choose_index",
+    "create_index",
+    "load_index",
+]
+
+#: below this many vectors ``choose_index`` picks exact search (see its docstring)
+EXACT_MAX = 50_000
+
+
+def create_index(name: str, dim: int, **params: Any) -> VectorIndex:
+    """Build an empty index of backend ``name`` for ``dim``-d vectors (unknown names list the known ones)."""
+    return INDEXES.create(name, dim=dim, **params)
+
+
+def load_index(path: Path) -> VectorIndex:
+    """Load any index written by ``VectorIndex.save``; the file names its backend."""
+    header = read_index_header(Path(path))
+    backend = header.get("backend")
+    if not isinstance(backend, str):
+        raise InvalidRequest(f"{path}: index header names no backend")
+    return INDEXES.get(backend).load(Path(path))
+
+
+def choose_index(n: int) -> str:
+    """Backend for a collection of ``n`` vectors: "exact" below EXACT_MAX, else "hnsw".
+
+    PLACEHOLDER: thresholds come from bench/bench_index.py.
+    """
+    if n < 0:
+        raise InvalidRequest(f"n must be >= 0; got {n}")
+    return "exact" if n < EXACT_MAX else "hnsw"

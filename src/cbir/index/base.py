@@ -1,19 +1,46 @@
-"""The VectorIndex protocol and its registry.
+"""The VectorIndex protocol, its registry, and what every backend shares.
 
 Every backend stores (id, vector) pairs where ids are int64 catalog row ids (stable:
 the catalog never reuses an id), searches by inner product on L2-normalised vectors,
-and saves/loads itself to one file. The contract suite in tests/contract runs over
-every registered backend.
+and saves/loads itself to one self-describing file. The contract suite in
+tests/contract runs over every registered backend.
+
+File format (``FORMAT_VERSION`` 1), one file per index::
+
+    MAGIC (8 bytes) | u64 header length | header JSON (utf-8) | blob 0 | blob 1 | ...
+    blob = u64 byte length | bytes   (a FAISS index, or a raw little-endian array)
+
+The header names the backend, dim, construction params, format version, the FAISS
+version that wrote it and, for every blob, its name, kind, dtype and shape.
+``head -c 4096 file`` shows it. FAISS indexes are streamed to and from the file, so
+saving a 5 GB index does not need another 5 GB of RAM.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import math
+import os
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
+import faiss
 import numpy as np
 
+from cbir.errors import IndexMismatch, InvalidRequest
 from cbir.registry import Registry
+
+FORMAT_VERSION = 1
+MAGIC = b"CBIRIDX\n"
+#: keyword hints every backend accepts and may ignore, so a caller can always pass them
+SHARED_ADD_HINTS = frozenset({"classes"})
+SHARED_SEARCH_HINTS = frozenset({"query_probs"})
 
 
 @runtime_checkable
@@ -21,11 +48,17 @@ class VectorIndex(Protocol):
     #: registry name, e.g. "exact"
     name: str
     dim: int
+    #: JSON-serialisable construction params; ``create_index(name, dim, **params)`` rebuilds it
+    params: dict[str, Any]
 
     def __len__(self) -> int: ...
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, **kw: Any) -> None:
-        """Add int64 ids (n,) with float32 vectors (n, dim). Adding an id already present replaces it."""
+        """Add int64 ids (n,) with float32 vectors (n, dim). Adding an id already present replaces it.
+
+        Hints a backend does not use (``classes``) are ignored; unknown keywords raise
+        InvalidRequest.
+        """
         ...
 
     def remove(self, ids: np.ndarray) -> int:
@@ -36,6 +69,7 @@ class VectorIndex(Protocol):
         """(nq, dim) float32 -> (scores (nq, k) float32 inner products, ids (nq, k) int64).
 
         Rows are sorted best first; missing results are padded with id -1 and score -inf.
+        Hints a backend does not use (``query_probs``) are ignored; unknown keywords raise.
         """
         ...
 
@@ -47,5 +81,424 @@ class VectorIndex(Protocol):
         """Write the index atomically (temp file + rename) to ``path``."""
         ...
 
+    @classmethod
+    def load(cls, path: Path) -> VectorIndex:
+        """Read an index written by ``save``; raises IndexMismatch for another backend or format."""
+        ...
+
 
 INDEXES: Registry[VectorIndex] = Registry("index")
+
+
+#: searches of at most this many queries run FAISS on one OpenMP thread (see omp_threads)
+SINGLE_THREAD_MAX_QUERIES = 1
+
+
+@contextmanager
+def omp_threads(n: int | None) -> Iterator[None]:
+    """Run FAISS with ``n`` OpenMP threads inside the block (None: leave as is).
+
+    Why: one query cannot use FAISS's threads (HNSW and IVF parallelise over queries)
+    but still pays an OpenMP barrier, and with the CPU shared by another process that
+    barrier cost a lot (2 cores, bench/bench_index.py: HNSW p99 4.9 -> 0.9 ms, exact
+    10k p50 24 -> 2.7 ms). The setting is per OS thread in OpenMP and is restored on
+    exit, so other threads and later batch calls keep their parallelism.
+    """
+    if n is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def as_vectors(x: Any, dim: int, what: str = "vectors") -> np.ndarray:
+    """Check and convert to C-contiguous float32 (n, dim); raise InvalidRequest otherwise."""
+    arr = np.asarray(x)
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        hint = " (one vector? pass x[None, :])" if arr.ndim == 1 and arr.shape[0] == dim else ""
+        raise InvalidRequest(
+            f"{what} must be a 2-D array of shape (n, {dim}); got shape {arr.shape}{hint}"
+        )
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InvalidRequest(f"{what} must be float32; got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.size and not np.isfinite(arr).all():
+        raise InvalidRequest(f"{what} contain NaN or infinity")
+    return arr
+
+
+def as_ids(ids: Any, n: int) -> np.ndarray:
+    """Check and convert to int64 (n,): non-negative, unique; raise InvalidRequest otherwise."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise InvalidRequest(f"ids must be a 1-D array of {n} integers; got shape {arr.shape}")
+    if n and not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidRequest(f"ids must be integers (int64 catalog row ids); got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    if n and arr.min() < 0:
+        raise InvalidRequest("ids must be >= 0 (-1 marks padding in search results)")
+    if n > 1 and np.unique(arr).size != n:
+        raise InvalidRequest("ids must be unique within one add() call")
+    return arr
+
+
+def check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise InvalidRequest(f"k must be a positive integer; got {k!r}")
+    return int(k)
+
+
+def reject_unknown(kw: dict[str, Any], allowed: Iterable[str], where: str) -> None:
+    """Raise InvalidRequest naming keywords that are neither allowed nor shared hints."""
+    unknown = sorted(set(kw) - set(allowed))
+    if unknown:
+        raise InvalidRequest(
+            f"{where} got unknown keyword(s) {unknown}; allowed: {sorted(set(allowed))}"
+        )
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def empty_result(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (nq, k) float32 all -inf, ids (nq, k) int64 all -1)."""
+    return np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
+
+
+def pad_result(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Widen (nq, kk<=k) results to (nq, k); any id -1 gets score -inf."""
+    out_s, out_i = empty_result(scores.shape[0], k)
+    kk = scores.shape[1]
+    out_s[:, :kk] = scores
+    out_i[:, :kk] = labels
+    out_s[out_i < 0] = -np.inf
+    return out_s, out_i
+
+
+def top_k(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k of (nq, m) candidates per row (score descending), padded to (nq, k)."""
+    scores = np.where(labels < 0, -np.inf, scores).astype(np.float32)
+    m = scores.shape[1]
+    if m > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores = np.take_along_axis(scores, part, axis=1)
+        labels = np.take_along_axis(labels, part, axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return pad_result(
+        np.take_along_axis(scores, order, axis=1), np.take_along_axis(labels, order, axis=1), k
+    )
+
+
+def isin_sorted(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Boolean (len(ids),): which ids occur in the sorted int64 array ``sorted_ids``."""
+    if sorted_ids.size == 0 or ids.size == 0:
+        return np.zeros(ids.shape, dtype=bool)
+    pos = np.searchsorted(sorted_ids, ids).clip(max=sorted_ids.size - 1)
+    return sorted_ids[pos] == ids
+
+
+def flat_vectors(index: faiss.Index) -> np.ndarray:
+    """Zero-copy (ntotal, d) float32 view of an IndexFlat's storage (valid until it changes)."""
+    flat = faiss.downcast_index(index)
+    n, d = flat.ntotal, flat.d
+    if n == 0:
+        return np.empty((0, d), dtype=np.float32)
+    return faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+
+
+# ----------------------------------------------------------------------------- file format
+
+
+@dataclass
+class Blob:
+    """One payload of an index file: a FAISS index, or an array (possibly given in row chunks)."""
+
+    name: str
+    value: faiss.Index | np.ndarray | None = None
+    #: for arrays written chunk by chunk: dtype, full shape and an iterator of row chunks
+    dtype: str | None = None
+    shape: tuple[int, ...] | None = None
+    chunks: Iterable[np.ndarray] | None = None
+
+    def spec(self) -> dict[str, Any]:
+        if isinstance(self.value, np.ndarray):
+            return {"name": self.name, "kind": "array", "dtype": self.value.dtype.str,
+                    "shape": list(self.value.shape)}
+        if self.chunks is not None:
+            return {"name": self.name, "kind": "array", "dtype": np.dtype(self.dtype).str,
+                    "shape": list(self.shape or ())}
+        return {"name": self.name, "kind": "faiss"}
+
+
+def _write_blob(f: io.BufferedWriter, blob: Blob) -> None:
+    start = f.tell()
+    f.write(b"\0" * 8)
+    if isinstance(blob.value, np.ndarray):
+        arr = np.ascontiguousarray(blob.value)
+        f.write(memoryview(arr).cast("B"))
+    elif blob.chunks is not None:
+        for chunk in blob.chunks:
+            f.write(memoryview(np.ascontiguousarray(chunk, dtype=blob.dtype)).cast("B"))
+    else:
+        writer = faiss.PyCallbackIOWriter(f.write)
+        faiss.write_index(blob.value, writer)
+        del writer
+    end = f.tell()
+    f.seek(start)
+    f.write(struct.pack("<Q", end - start - 8))
+    f.seek(end)
+
+
+def write_index_file(path: Path, header: dict[str, Any], blobs: list[Blob]) -> None:
+    """Atomically write header + blobs: temp file in the same dir, fsync, os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {
+        "format": "cbir-index",
+        "format_version": FORMAT_VERSION,
+        "faiss_version": faiss.__version__,
+        **header,
+        "blobs": [b.spec() for b in blobs],
+    }
+    raw = json.dumps(header, indent=1, sort_keys=True).encode() + b"\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(MAGIC + struct.pack("<Q", len(raw)) + raw)
+            for blob in blobs:
+                _write_blob(f, blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename durable; not possible on every platform
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def _read_exact(f: io.BufferedReader, n: int, path: Path) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise IndexMismatch(f"{path}: index file is truncated")
+    return data
+
+
+def _read_header(f: io.BufferedReader, path: Path) -> dict[str, Any]:
+    if f.read(len(MAGIC)) != MAGIC:
+        raise IndexMismatch(f"{path}: not a cbir index file (bad magic bytes)")
+    (n,) = struct.unpack("<Q", _read_exact(f, 8, path))
+    try:
+        header = json.loads(_read_exact(f, n, path))
+    except ValueError as e:
+        raise IndexMismatch(f"{path}: corrupt index header ({e})") from None
+    version = header.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexMismatch(
+            f"{path}: index format version {version} is not supported (this cbir reads "
+            f"version {FORMAT_VERSION}); rebuild the index"
+        )
+    return header
+
+
+def read_index_header(path: Path) -> dict[str, Any]:
+    """Only the JSON header of an index file (cheap)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidRequest(f"{path}: no such index file")
+    with open(path, "rb") as f:
+        return _read_header(f, path)
+
+
+def _read_array(f: io.BufferedReader, spec: dict[str, Any], size: int, path: Path) -> np.ndarray:
+    arr = np.empty(tuple(spec["shape"]), dtype=np.dtype(spec["dtype"]))
+    if arr.nbytes != size:
+        raise IndexMismatch(f"{path}: blob {spec['name']!r} has {size} bytes, want {arr.nbytes}")
+    view = memoryview(arr).cast("B") if arr.nbytes else memoryview(b"")
+    got = 0
+    while got < size:
+        n = f.readinto(view[got:])
+        if not n:
+            raise IndexMismatch(f"{path}: index file is truncated")
+        got += n
+    return arr
+
+
+def read_index_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(header, {blob name: faiss.Index or np.ndarray}) of an index file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidRequest(f"{path}: no such index file")
+    blobs: dict[str, Any] = {}
+    with open(path, "rb") as f:
+        header = _read_header(f, path)
+        for spec in header["blobs"]:
+            (size,) = struct.unpack("<Q", _read_exact(f, 8, path))
+            start = f.tell()
+            if spec["kind"] == "array":
+                blobs[spec["name"]] = _read_array(f, spec, size, path)
+            else:
+                reader = faiss.PyCallbackIOReader(f.read)
+                try:
+                    blobs[spec["name"]] = faiss.read_index(reader)
+                except RuntimeError as e:
+                    raise IndexMismatch(f"{path}: corrupt FAISS blob {spec['name']!r}: {e}") from None
+                del reader
+            if f.tell() != start + size:
+                raise IndexMismatch(f"{path}: blob {spec['name']!r} has the wrong length")
+    return header, blobs
+
+
+# ----------------------------------------------------------------------------- base class
+
+
+class IndexBase:
+    """Shared plumbing: validation, replace-on-add, id bookkeeping, padding, save/load.
+
+    Subclasses implement ``_add``, ``_remove``, ``_search`` (called with validated inputs,
+    only on ids that are new / present, and with 1 <= k <= len(self)), ``_blobs`` and
+    ``_restore``; ``_add_kw`` / ``_search_kw`` name the keywords they accept.
+    """
+
+    name: ClassVar[str] = ""
+    _add_kw: ClassVar[frozenset[str]] = frozenset()
+    _search_kw: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, dim: int):
+        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
+            raise InvalidRequest(f"dim must be a positive integer; got {dim!r}")
+        self.dim = int(dim)
+        self.params: dict[str, Any] = {}
+        self._ids = np.empty(0, dtype=np.int64)  # sorted
+
+    def __len__(self) -> int:
+        return int(self._ids.size)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim}, n={len(self)}, params={self.params})"
+
+    def ids(self) -> np.ndarray:
+        return self._ids.copy()
+
+    # -- public API --------------------------------------------------------------------
+    def add(self, ids: np.ndarray, vectors: np.ndarray, **kw: Any) -> None:
+        reject_unknown(kw, self._add_kw | SHARED_ADD_HINTS, f"{self.name}.add()")
+        x = as_vectors(vectors, self.dim)
+        ids = as_ids(ids, x.shape[0])
+        opts = self._check_add(ids, x, **kw)
+        if ids.size == 0:
+            return
+        present = ids[isin_sorted(self._ids, ids)]
+        if present.size:
+            self._remove(present)
+            self._ids = np.setdiff1d(self._ids, present, assume_unique=True)
+        self._add(ids, x, **opts)
+        self._ids = np.union1d(self._ids, ids)
+
+    def remove(self, ids: np.ndarray) -> int:
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise InvalidRequest(f"ids must be a 1-D integer array; got {arr.dtype} {arr.shape}")
+        arr = np.unique(arr.astype(np.int64))
+        present = arr[isin_sorted(self._ids, arr)]
+        if present.size:
+            self._remove(present)
+            self._ids = np.setdiff1d(self._ids, present, assume_unique=True)
+        return int(present.size)
+
+    def search(self, queries: np.ndarray, k: int, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
+        reject_unknown(kw, self._search_kw | SHARED_SEARCH_HINTS, f"{self.name}.search()")
+        q = as_vectors(queries, self.dim, what="queries")
+        k = check_k(k)
+        opts = self._check_search(q, k, **kw)
+        if len(self) == 0 or q.shape[0] == 0:
+            self._after_empty_search(q.shape[0])
+            return empty_result(q.shape[0], k)
+        with omp_threads(1 if q.shape[0] <= SINGLE_THREAD_MAX_QUERIES else None):
+            scores, labels = self._search(q, min(k, len(self)), **opts)
+        return pad_result(scores, labels, k)
+
+    def save(self, path: Path) -> None:
+        header = {"backend": self.name, "dim": self.dim, "params": self.params,
+                  "count": len(self), "state": self._state()}
+        write_index_file(path, header, [Blob("ids", self._ids), *self._blobs()])
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        header, blobs = read_index_file(path)
+        if header.get("backend") != cls.name:
+            raise IndexMismatch(
+                f"{path}: holds a {header.get('backend')!r} index, not {cls.name!r}; "
+                "use cbir.index.load_index to load any backend"
+            )
+        return cls._from_file(header, blobs)
+
+    @classmethod
+    def _from_file(cls, header: dict[str, Any], blobs: dict[str, Any]) -> Self:
+        obj = cls(dim=header["dim"], **header["params"])
+        obj._ids = blobs["ids"]
+        obj._restore(header.get("state", {}), blobs)
+        return obj
+
+    # -- hooks ---------------------------------------------------------------------------
+    def _check_add(self, ids: np.ndarray, x: np.ndarray, **kw: Any) -> dict[str, Any]:
+        """Validate add() keywords before anything changes; return those ``_add`` gets."""
+        return {}
+
+    def _check_search(self, q: np.ndarray, k: int, **kw: Any) -> dict[str, Any]:
+        """Validate search() keywords; return those ``_search`` gets."""
+        return {}
+
+    def _after_empty_search(self, nq: int) -> None:
+        """Called instead of ``_search`` when the index or the query batch is empty."""
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _add(self, ids: np.ndarray, x: np.ndarray, **kw: Any) -> None:
+        raise NotImplementedError
+
+    def _remove(self, ids: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _search(self, q: np.ndarray, k: int, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _blobs(self) -> list[Blob]:
+        raise NotImplementedError
+
+    def _restore(self, state: dict[str, Any], blobs: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+def check_positive_int(value: Any, what: str, allow_none: bool = False) -> int | None:
+    """Validate a construction/search knob; raise InvalidRequest naming it."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise InvalidRequest(f"{what} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def chunked(n: int, size: int) -> Iterator[slice]:
+    """Row slices of at most ``size`` covering range(n)."""
+    for start in range(0, n, max(1, size)):
+        yield slice(start, min(n, start + size))
+
+
+def auto_nlist(n: int) -> int:
+    """The IVF rule of thumb: about 4*sqrt(n) lists."""
+    return max(1, round(4 * math.sqrt(max(n, 1))))
