@@ -1,0 +1,40 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.cbir-installed
+
+.PHONY: setup demo test lint bench-extract bench-index eval-wang clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 first: pip takes the CPU build that lies on this machine's disk,
+# instead of resolving a multi-GB CUDA build for the export/dev extras.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/cbir demo --dir .demo
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+
+test: setup lint
+	$(BIN)/pytest -q
+
+bench-extract: setup
+	$(BIN)/python bench/bench_extract.py
+
+bench-index: setup
+	$(BIN)/python bench/bench_index.py
+
+# Wang/Corel-1K from ../shared/datasets (see README: "Evaluation")
+eval-wang: setup
+	mkdir -p .data && tar xf ../shared/datasets/wang1k.tar -C .data
+	$(BIN)/cbir eval folder .data/dataset
+
+clean:
+	rm -rf .demo .data build dist

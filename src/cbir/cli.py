@@ -1,0 +1,287 @@
+"""The ``cbir`` command line: thin commands that wire the parts together.
+
+Results go to stdout (tables, or JSON with ``--json``); progress and errors to stderr.
+Exit status: 0 success, 1 done but some files were skipped, 2 error (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from cbir import __version__
+from cbir.errors import CbirError, InvalidRequest
+
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (and exits 2) without the usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {v}")
+    return v
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _open(args: argparse.Namespace):
+    from cbir.collection import Collection
+
+    return Collection.open(args.collection)
+
+
+# -- commands -----------------------------------------------------------------------------
+def cmd_index(args: argparse.Namespace) -> int:
+    from cbir.collection import Collection
+    from cbir.indexing import index_paths
+
+    for p in args.paths:
+        if not os.path.lexists(p):
+            raise InvalidRequest(f"{p}: no such file or folder")
+    with Collection.create_or_open(args.collection, args.extractor) as col, col.writer_lock():
+        if args.index_type:
+            col.set_requested_index(args.index_type)
+        report = index_paths(col, [Path(p) for p in args.paths], batch_size=args.batch_size,
+                             commit_every=args.commit_every,
+                             regions=args.regions, retry_errors=args.retry_errors,
+                             progress=not args.quiet)
+    d = report.as_dict()
+    if args.json:
+        _print_json(d)
+    else:
+        print(f"added {d['added']}, updated {d['updated']}, removed {d['removed']}, "
+              f"unchanged {d['unchanged']}, duplicates {d['duplicates']}, "
+              f"skipped {d['skipped']} in {d['seconds']:.1f} s "
+              f"({d['images_per_second']:.1f} images/s); index: {d['index_type']}")
+        for path, reason in report.problems[:20]:
+            print(f"  skipped {path}: {reason}", file=sys.stderr)
+        if len(report.problems) > 20:
+            print(f"  ... and {len(report.problems) - 20} more (see `cbir info` or --json)",
+                  file=sys.stderr)
+    return EXIT_PARTIAL if report.problems else EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from cbir.search import query_from_images, query_from_members, search
+
+    if not args.images and not args.like:
+        raise InvalidRequest("give a query image, or --like PATH for an image in the collection")
+    if args.images and args.like:
+        raise InvalidRequest("give query images or --like, not both")
+    with _open(args) as col:
+        if args.like:
+            query = query_from_members(col, args.like, exclude_self=not args.include_self)
+        else:
+            query = query_from_images(col, [Path(p) for p in args.images])
+        kw: dict[str, Any] = {}
+        if args.nprobe:
+            kw["nprobe"] = args.nprobe
+        hits = search(col, query, k=args.k, min_similarity=args.min_similarity,
+                      index_kind=args.index_type, **kw)
+    if args.json:
+        _print_json({"hits": [h.as_dict() for h in hits]})
+        return EXIT_OK
+    if not hits:
+        print("no results", file=sys.stderr)
+        return EXIT_OK
+    print(f"{'rank':>4}  {'similarity':>10}  {'distance':>8}  {'cosine':>7}  path")
+    for h in hits:
+        print(f"{h.rank:>4}  {h.similarity:>10.2%}  {h.distance:>8.4f}  {h.cosine:>7.4f}  {h.path}")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with _open(args) as col:
+        info = col.info()
+    if args.json:
+        _print_json(info)
+        return EXIT_OK
+    for key, value in info.items():
+        if key == "error_reasons":
+            for reason, n in value:
+                print(f"  {n:>6} x {reason}")
+        else:
+            print(f"{key:>16}: {value}")
+    return EXIT_OK
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    with _open(args) as col, col.writer_lock():
+        paths: list[str] = []
+        for p in args.paths:
+            states = col.catalog.file_states(under=os.path.abspath(p))
+            if not states:
+                print(f"cbir: {p} is not in the collection", file=sys.stderr)
+            paths += list(states)
+        n = col.catalog.remove_paths(paths)
+        col.index()
+    print(f"removed {n} image(s)")
+    return EXIT_OK if n or not args.paths else EXIT_PARTIAL
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from cbir.verify import verify
+
+    with _open(args) as col:
+        result = verify(col, check_files=args.files)
+    if args.json:
+        _print_json(result)
+    else:
+        print("consistent" if result["consistent"] else "INCONSISTENT")
+        for p in result["problems"]:
+            print(f"  problem: {p}")
+        for n in result["notes"]:
+            print(f"  note: {n}")
+    return EXIT_OK if result["consistent"] else EXIT_ERROR
+
+
+def cmd_eval_folder(args: argparse.Namespace) -> int:
+    from cbir.eval.folder import evaluate_folder
+
+    result = evaluate_folder(Path(args.dataset), extractor=args.extractor,
+                             collection_dir=args.collection, ks=args.ks,
+                             progress=not args.quiet)
+    if args.json:
+        _print_json(result)
+    else:
+        print(result["table"])
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cbir.demo import run_demo
+
+    return run_demo(Path(args.dir))
+
+
+# -- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from cbir.extract import DEFAULT_EXTRACTOR, EXTRACTORS
+    from cbir.index import INDEXES
+
+    index_types = ["auto", *INDEXES.names()]
+    p = _Parser(prog="cbir", description="Content-based image retrieval: index a folder, "
+                "search by example image.")
+    p.add_argument("--version", action="version", version=f"cbir {__version__}")
+    p.add_argument("--collection", "-c", type=Path, default=None,
+                   help="collection directory (default: $CBIR_COLLECTION or the per-user data dir)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("index", help="build or update the collection from folders or files")
+    s.add_argument("paths", nargs="+", help="folders or image files")
+    s.add_argument("--extractor", choices=EXTRACTORS.names(), default=None,
+                   help=f"feature extractor for a new collection (default {DEFAULT_EXTRACTOR})")
+    s.add_argument("--index-type", choices=index_types, default=None,
+                   help="vector index (default auto: chosen by collection size)")
+    s.add_argument("--regions", action="store_true",
+                   help="also store 7x7 region features (needed by IDEA hashing; ~125 KB/image)")
+    s.add_argument("--retry-errors", action="store_true",
+                   help="try again files that failed before even if unchanged")
+    s.add_argument("--batch-size", type=_positive_int, default=32, help="images per inference batch")
+    s.add_argument("--commit-every", type=_positive_int, default=256,
+                   help="images per committed transaction (a crash loses at most one)")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true", help="summary as JSON on stdout")
+    s.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("search", help="find the images most like a query image")
+    s.add_argument("images", nargs="*", help="query image file(s); several are averaged")
+    s.add_argument("--like", nargs="+", metavar="PATH",
+                   help="query by image(s) already in the collection (no re-extraction)")
+    s.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
+    s.add_argument("--min-similarity", type=_fraction, default=0.0,
+                   help="drop hits with similarity 1/(1+distance) below this")
+    s.add_argument("--index-type", choices=index_types[1:], default=None,
+                   help="search with this index instead of the collection's")
+    s.add_argument("--nprobe", type=_positive_int, default=None,
+                   help="partitions/lists to scan (ivf, class-partitioned): more = better recall")
+    s.add_argument("--include-self", action="store_true",
+                   help="with --like, keep the query images themselves in the results")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("info", help="collection statistics")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("remove", help="drop images (files or whole folders) from the collection")
+    s.add_argument("paths", nargs="+")
+    s.set_defaults(func=cmd_remove)
+
+    s = sub.add_parser("verify", help="check the collection's consistency")
+    s.add_argument("--files", action="store_true",
+                   help="also check that indexed files still exist unchanged on disk")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("eval", help="evaluate retrieval on a labelled dataset")
+    esub = s.add_subparsers(dest="protocol", required=True, parser_class=_Parser)
+    e = esub.add_parser("folder", help="folder-per-class dataset: every image queries all others")
+    e.add_argument("dataset", help="folder with one sub-folder per class (e.g. Wang/Corel-1K)")
+    e.add_argument("--extractor", choices=EXTRACTORS.names(), default=DEFAULT_EXTRACTOR)
+    e.add_argument("--ks", type=lambda t: [_positive_int(x) for x in t.split(",")],
+                   default=[1, 5, 10, 20], help="cut-offs, comma-separated (default 1,5,10,20)")
+    e.add_argument("--quiet", "-q", action="store_true")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval_folder)
+
+    s = sub.add_parser("demo", help="index scikit-image's sample photos and run a search")
+    s.add_argument("--dir", default=".demo", help="where to put the photos and the collection")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CbirError as e:
+        if args.debug:
+            raise
+        print(f"cbir: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("cbir: interrupted (committed work is kept; run the same command to resume)",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # noqa: BLE001 — one line, not a traceback, unless --debug
+        if args.debug:
+            raise
+        print(f"cbir: internal error: {type(e).__name__}: {e} (rerun with --debug for details)",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

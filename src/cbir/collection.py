@@ -1,0 +1,257 @@
+"""A collection: one directory holding the manifest, the catalog and the vector index.
+
+```
+<collection>/manifest.json      format version + extractor (name, dim, preprocessing)
+<collection>/catalog.sqlite     images, errors, labels, tags, float16 features (WAL)
+<collection>/index/<kind>.faiss the vector index, a cache derived from the catalog
+<collection>/index/state.json   which kind is current and the catalog generation it reflects
+<collection>/writer.lock        one writer at a time
+```
+
+The catalog is the source of truth. The index is brought up to date from it by id set
+difference (ids are never reused), so a crash between the two never loses anything: the
+next reader simply syncs the index again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cbir.errors import CollectionError, InvalidRequest
+from cbir.extract import DEFAULT_EXTRACTOR, FeatureExtractor, create_extractor
+from cbir.index import VectorIndex, choose_index, create_index, load_index
+from cbir.store import Catalog, Manifest, WriterLock, read_manifest, write_manifest
+from cbir.store.catalog import CATALOG_NAME
+from cbir.store.manifest import MANIFEST_NAME, write_json_atomic
+
+AUTO = "auto"
+
+
+def default_collection_dir() -> Path:
+    """``$CBIR_COLLECTION``, else the per-user data dir (e.g. ~/.local/share/cbir/default)."""
+    env = os.environ.get("CBIR_COLLECTION")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("cbir")) / "default"
+
+
+@dataclass
+class IndexState:
+    kind: str
+    generation: int
+    requested: str = AUTO
+
+
+class Collection:
+    """Open with :meth:`open` (existing) or :meth:`create_or_open` (for indexing)."""
+
+    def __init__(self, directory: Path, manifest: Manifest, catalog: Catalog):
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self.catalog = catalog
+        self._extractor: FeatureExtractor | None = None
+        self._index: VectorIndex | None = None
+        self._index_generation: int | None = None
+
+    # -- opening ----------------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: Path | None = None) -> Collection:
+        directory = Path(directory) if directory else default_collection_dir()
+        if not (directory / MANIFEST_NAME).exists():
+            raise CollectionError(
+                f"no collection at {directory}; build one with `cbir index FOLDER`"
+                + ("" if directory == default_collection_dir() else f" --collection {directory}")
+            )
+        manifest = read_manifest(directory)
+        return cls(directory, manifest, Catalog(directory / CATALOG_NAME, manifest.dim))
+
+    @classmethod
+    def create_or_open(cls, directory: Path | None = None, extractor: str | None = None,
+                       extractor_kwargs: dict[str, Any] | None = None) -> Collection:
+        """Open the collection, creating it for ``extractor`` if it does not exist yet."""
+        directory = Path(directory) if directory else default_collection_dir()
+        if (directory / MANIFEST_NAME).exists():
+            col = cls.open(directory)
+            if extractor and extractor != col.manifest.extractor:
+                raise InvalidRequest(
+                    f"collection {directory} uses extractor {col.manifest.extractor!r}, "
+                    f"not {extractor!r}; choose another --collection"
+                )
+            return col
+        if directory.exists() and not directory.is_dir():
+            raise CollectionError(f"{directory} exists and is not a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        ext = create_extractor(extractor or DEFAULT_EXTRACTOR, **(extractor_kwargs or {}))
+        manifest = Manifest(extractor=ext.name, dim=ext.dim, preprocessing=ext.preprocessing)
+        # the catalog first, the manifest last: a collection is only "there" once both are
+        catalog = Catalog(directory / CATALOG_NAME, manifest.dim)
+        write_manifest(directory, manifest)
+        col = cls(directory, manifest, catalog)
+        col._extractor = ext
+        return col
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def writer_lock(self, wait: bool = False) -> WriterLock:
+        return WriterLock(self.directory, wait=wait)
+
+    # -- the extractor ----------------------------------------------------------------
+    @property
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            ext = create_extractor(self.manifest.extractor)
+            self.manifest.check_extractor(ext.name, ext.dim, ext.preprocessing)
+            self._extractor = ext
+        return self._extractor
+
+    # -- the index --------------------------------------------------------------------
+    @property
+    def index_dir(self) -> Path:
+        return self.directory / "index"
+
+    def index_state(self) -> IndexState | None:
+        try:
+            raw = json.loads((self.index_dir / "state.json").read_text())
+            return IndexState(kind=raw["kind"], generation=int(raw["generation"]),
+                              requested=raw.get("requested", AUTO))
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def requested_index(self) -> str:
+        return self.catalog.get_meta("index_kind", AUTO) or AUTO
+
+    def set_requested_index(self, kind: str) -> None:
+        from cbir.index import INDEXES
+
+        if kind != AUTO and kind not in INDEXES:
+            raise InvalidRequest(f"unknown index type {kind!r}; choose auto or one of: "
+                                 + ", ".join(INDEXES.names()))
+        if kind == "class-partitioned" and not self.extractor.class_names:
+            raise InvalidRequest(
+                f"the class-partitioned index needs predicted classes, and extractor "
+                f"{self.manifest.extractor!r} has no classifier; choose another --index-type")
+        with self.catalog.transaction():
+            self.catalog.set_meta("index_kind", kind)
+
+    def _target_kind(self, n: int, kind: str | None) -> str:
+        kind = kind or self.requested_index()
+        return choose_index(n) if kind == AUTO else kind
+
+    def index(self, kind: str | None = None, *, persist: bool = True) -> VectorIndex:
+        """The vector index, brought up to date with the catalog.
+
+        Kind: the one named, else the collection's setting (``auto`` chooses by size).
+        The synced index is saved (atomically) when no other writer holds the lock.
+        """
+        generation = self.catalog.generation()
+        n = self.catalog.count("ok")
+        target = self._target_kind(n, kind)
+        if (self._index is not None and self._index.name == target
+                and self._index_generation == generation):
+            return self._index
+        path = self.index_dir / f"{target}.faiss"
+        state = self.index_state()
+        idx: VectorIndex | None = None
+        if path.exists():
+            try:
+                idx = load_index(path)
+            except Exception:  # noqa: BLE001 — a damaged cache is rebuilt from the catalog
+                idx = None
+        if idx is not None and state and state.kind == target and state.generation == generation:
+            self._index, self._index_generation = idx, generation
+            return idx
+        changed = False
+        if idx is None or idx.dim != self.manifest.dim:
+            idx = create_index(target, self.manifest.dim, **self._index_params(target, n))
+            changed = True
+        changed |= self._sync(idx)
+        if persist and (changed or not state or state.generation != generation
+                        or state.kind != target):
+            self._save_index(idx, target, generation)
+        self._index, self._index_generation = idx, generation
+        return idx
+
+    def _index_params(self, kind: str, n: int) -> dict[str, Any]:
+        return {}
+
+    def _sync(self, idx: VectorIndex) -> bool:
+        """Make ``idx`` hold exactly the catalog's 'ok' ids. Returns whether anything changed."""
+        want = self.catalog.ok_ids()
+        have = idx.ids()
+        stale = np.setdiff1d(have, want, assume_unique=True)
+        new = np.setdiff1d(want, have, assume_unique=True)
+        if len(stale):
+            idx.remove(stale)
+        for start in range(0, len(new), 20_000):
+            chunk = new[start:start + 20_000]
+            ids, feats = self.catalog.features(chunk)
+            idx.add(ids, feats, **self._add_kwargs(idx, ids))
+        return bool(len(stale) or len(new))
+
+    def _add_kwargs(self, idx: VectorIndex, ids: np.ndarray) -> dict[str, Any]:
+        if idx.name != "class-partitioned":
+            return {}
+        recs = self.catalog.records(ids)
+        classes = np.array([recs[int(i)].top_class if recs[int(i)].top_class is not None else -1
+                            for i in ids], dtype=np.int64)
+        return {"classes": classes}
+
+    def _save_index(self, idx: VectorIndex, kind: str, generation: int) -> None:
+        lock = self.writer_lock()
+        if not lock.acquire():
+            return  # another writer is busy; it will save, and we keep ours in memory
+        try:
+            self.index_dir.mkdir(exist_ok=True)
+            idx.save(self.index_dir / f"{kind}.faiss")
+            write_json_atomic(self.index_dir / "state.json",
+                              {"kind": kind, "generation": generation,
+                               "requested": self.requested_index()})
+            for other in self.index_dir.glob("*.faiss"):
+                if other.name != f"{kind}.faiss":
+                    other.unlink(missing_ok=True)
+        finally:
+            lock.release()
+
+    def drop_index(self) -> None:
+        """Delete the index cache; it is rebuilt from the catalog on the next search."""
+        for p in self.index_dir.glob("*"):
+            p.unlink(missing_ok=True)
+        self._index = None
+
+    # -- stats ------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        state = self.index_state()
+        index_bytes = sum(p.stat().st_size for p in self.index_dir.glob("*.faiss")) \
+            if self.index_dir.exists() else 0
+        ok = self.catalog.count("ok")
+        return {
+            "collection": str(self.directory),
+            "format_version": self.manifest.format_version,
+            "extractor": self.manifest.extractor,
+            "dim": self.manifest.dim,
+            "images": ok,
+            "errors": self.catalog.count("error"),
+            "duplicates": self.catalog.duplicate_groups(),
+            "index_type": state.kind if state else None,
+            "index_requested": self.requested_index(),
+            "index_up_to_date": bool(state and state.generation == self.catalog.generation()),
+            "catalog_bytes": self.catalog.db_bytes(),
+            "index_bytes": index_bytes,
+            "bytes_per_image": round((self.catalog.db_bytes() + index_bytes) / ok, 1) if ok else None,
+            "error_reasons": self.catalog.error_summary()[:10],
+        }

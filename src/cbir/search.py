@@ -1,0 +1,135 @@
+"""Query a collection: by image file(s), by collection member(s), or by a raw vector.
+
+Every hit carries the Euclidean distance between unit vectors, the paper's similarity
+1 / (1 + distance), and the cosine. Several query images are combined by the mean of
+their features (re-normalised).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cbir.collection import Collection
+from cbir.errors import InvalidRequest
+from cbir.extract.base import l2_normalize
+from cbir.extract.pipeline import embed_images
+from cbir.io.images import load_image
+
+
+@dataclass
+class Hit:
+    rank: int
+    id: int
+    path: str
+    distance: float
+    similarity: float
+    cosine: float
+    labels: list[tuple[str, float]] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["labels"] = [{"label": n, "prob": p} for n, p in self.labels]
+        return d
+
+
+def distance_from_cosine(cos: float) -> float:
+    """Euclidean distance between unit vectors with this cosine: sqrt(2 - 2 cos)."""
+    return math.sqrt(max(0.0, 2.0 - 2.0 * cos))
+
+
+@dataclass
+class Query:
+    """A query vector (dim,) float32 unit-length, optional class probabilities, ids to exclude."""
+
+    vector: np.ndarray
+    probs: np.ndarray | None = None
+    exclude: set[int] = field(default_factory=set)
+    #: stored top-k labels of member queries, turned into probs only if an index needs them
+    labels: list[list[tuple[str, float]]] = field(default_factory=list)
+
+    def class_probs(self, class_names: list[str]) -> np.ndarray | None:
+        if self.probs is not None or not self.labels or not class_names:
+            return self.probs
+        pos = {n: i for i, n in enumerate(class_names)}
+        pr = np.zeros((len(self.labels), len(class_names)), dtype=np.float32)
+        for row, labels in enumerate(self.labels):
+            for name, prob in labels:
+                if name in pos:
+                    pr[row, pos[name]] = prob
+        return pr.mean(axis=0)
+
+
+def query_from_images(collection: Collection, paths: Sequence[Path]) -> Query:
+    """Embed image files with the collection's extractor and average them."""
+    if not paths:
+        raise InvalidRequest("give at least one query image")
+    ext = collection.extractor
+    images = [load_image(p, target_size=ext.input_size) for p in paths]
+    emb = embed_images(images, ext)
+    return Query(
+        vector=l2_normalize(emb.features.mean(axis=0, keepdims=True))[0],
+        probs=None if emb.probs is None else emb.probs.mean(axis=0),
+    )
+
+
+def query_from_members(collection: Collection, paths: Sequence[str | Path], *,
+                       exclude_self: bool = True) -> Query:
+    """Use the stored vectors of images already in the collection (no decoding)."""
+    cat = collection.catalog
+    ids, feats, labels = [], [], []
+    for p in paths:
+        rec = cat.get(path=os.path.abspath(os.fspath(p)), with_feature=True)
+        if rec is None:
+            raise InvalidRequest(f"{p} is not in the collection; index it first or search by file")
+        if rec.status != "ok":
+            raise InvalidRequest(f"{p} is in the collection but could not be indexed: {rec.error}")
+        ids.append(rec.id)
+        feats.append(rec.feature)
+        labels.append(rec.labels)
+    vec = l2_normalize(np.mean(np.stack(feats), axis=0, keepdims=True))[0]
+    return Query(vector=vec, labels=labels, exclude=set(ids) if exclude_self else set())
+
+
+def search(collection: Collection, query: Query, *, k: int = 10, min_similarity: float = 0.0,
+           index_kind: str | None = None, **search_kw) -> list[Hit]:
+    """Top-k hits for ``query``, best first, never including removed images."""
+    if k < 1:
+        raise InvalidRequest(f"k must be at least 1, got {k}")
+    if not 0.0 <= min_similarity <= 1.0:
+        raise InvalidRequest(f"--min-similarity must be between 0 and 1, got {min_similarity}")
+    idx = collection.index(index_kind)
+    if len(idx) == 0:
+        return []
+    kw = dict(search_kw)
+    if idx.name == "class-partitioned":
+        probs = query.class_probs(collection.extractor.class_names)
+        if probs is not None:
+            kw.setdefault("query_probs", probs[None, :])
+    want = k + len(query.exclude)
+    scores, ids = idx.search(query.vector[None, :].astype(np.float32), want, **kw)
+    pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True)
+             if i >= 0 and int(i) not in query.exclude]
+    recs = collection.catalog.records([i for _, i in pairs])
+    hits: list[Hit] = []
+    for cos, i in pairs:
+        rec = recs.get(i)
+        if rec is None or rec.status != "ok":  # removed since the index was synced
+            continue
+        cos = min(1.0, max(-1.0, cos))
+        d = distance_from_cosine(cos)
+        sim = 1.0 / (1.0 + d)
+        if sim < min_similarity:
+            continue
+        hits.append(Hit(rank=len(hits) + 1, id=i, path=rec.path, distance=round(d, 6),
+                        similarity=round(sim, 6), cosine=round(cos, 6), labels=rec.labels,
+                        tags=rec.tags))
+        if len(hits) == k:
+            break
+    return hits
