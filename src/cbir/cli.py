@@ -102,7 +102,12 @@ def cmd_search(args: argparse.Namespace) -> int:
             query = query_from_images(col, [Path(p) for p in args.images])
         kw: dict[str, Any] = {}
         if args.nprobe:
-            kw["nprobe"] = args.nprobe
+            kind = args.index_type or col.index().name
+            knob = {"ivf": "nprobe", "class-partitioned": "n_partitions"}.get(kind)
+            if knob is None:
+                raise InvalidRequest(f"--nprobe applies to the ivf and class-partitioned indexes; "
+                                     f"this search uses {kind!r}")
+            kw[knob] = args.nprobe
         hits = search(col, query, k=args.k, min_similarity=args.min_similarity,
                       index_kind=args.index_type, **kw)
     if args.json:

@@ -60,6 +60,7 @@ class Collection:
         self._extractor: FeatureExtractor | None = None
         self._index: VectorIndex | None = None
         self._index_generation: int | None = None
+        self._lock: WriterLock | None = None
 
     # -- opening ----------------------------------------------------------------------
     @classmethod
@@ -108,7 +109,14 @@ class Collection:
         self.close()
 
     def writer_lock(self, wait: bool = False) -> WriterLock:
-        return WriterLock(self.directory, wait=wait)
+        """``with col.writer_lock():`` — this process becomes the collection's one writer."""
+        lock = WriterLock(self.directory, wait=wait)
+        lock.on_release = self._forget_lock
+        self._lock = lock
+        return lock
+
+    def _forget_lock(self) -> None:
+        self._lock = None
 
     # -- the extractor ----------------------------------------------------------------
     @property
@@ -212,8 +220,9 @@ class Collection:
         return {"classes": classes}
 
     def _save_index(self, idx: VectorIndex, kind: str, generation: int) -> None:
-        lock = self.writer_lock()
-        if not lock.acquire():
+        own = self._lock is not None and self._lock.held
+        lock = WriterLock(self.directory)
+        if not own and not lock.acquire():
             return  # another writer is busy; it will save, and we keep ours in memory
         try:
             self.index_dir.mkdir(exist_ok=True)
@@ -225,7 +234,8 @@ class Collection:
                 if other.name != f"{kind}.faiss":
                     other.unlink(missing_ok=True)
         finally:
-            lock.release()
+            if not own:
+                lock.release()
 
     def drop_index(self) -> None:
         """Delete the index cache; it is rebuilt from the catalog on the next search."""

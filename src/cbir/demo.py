@@ -19,7 +19,7 @@ from cbir.search import query_from_images, search
 SAMPLES = ["astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins",
            "colorwheel", "grass", "gravel", "horse", "hubble_deep_field",
            "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina",
-           "rocket", "text", "motorcycle_left", "motorcycle_right", "eagle"]
+           "rocket", "text", "motorcycle_left", "motorcycle_right"]
 
 
 def write_samples(folder: Path) -> list[Path]:

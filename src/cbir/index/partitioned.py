@@ -109,7 +109,14 @@ class ClassPartitionedIndex(IndexBase):
         if probs is None:  # no class information: scan every table
             chosen = np.broadcast_to(np.array(sorted(self._parts), dtype=np.int64), (nq, len(self._parts)))
         else:
-            n = min(kw["n_partitions"], probs.shape[1])
+            # only classes that have a table can be scanned: a query whose most probable
+            # class holds no image falls through to the next most probable ones
+            present = np.array([c for c in self._parts if c < probs.shape[1]], dtype=np.int64)
+            if len(present):
+                masked = np.full_like(probs, -np.inf)
+                masked[:, present] = probs[:, present]
+                probs = masked
+            n = min(kw["n_partitions"], max(1, len(present)), probs.shape[1])
             if n < probs.shape[1]:
                 top = np.argpartition(-probs, n - 1, axis=1)[:, :n]
             else:

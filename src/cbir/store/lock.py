@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cbir.errors import CollectionError
@@ -17,6 +18,11 @@ class WriterLock:
         self.path = Path(directory) / "writer.lock"
         self.wait = wait
         self._fd: int | None = None
+        self.on_release: Callable[[], None] | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def acquire(self) -> bool:
         """Take the lock; with wait=False return False if another writer holds it."""
@@ -34,6 +40,8 @@ class WriterLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+            if self.on_release is not None:
+                self.on_release()
 
     def __enter__(self) -> WriterLock:
         if not self.acquire():
