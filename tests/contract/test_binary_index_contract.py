@@ -33,9 +33,13 @@ def random_codes(n: int, bits: int, seed: int = 0) -> np.ndarray:
 
 
 def clustered_codes(n: int, bits: int, seed: int = 0, n_centers: int = 10, flips: int = 3) -> np.ndarray:
-    """Codes near a few random centres (each bit flipped with probability flips/bits)."""
+    """Codes near n_centers fixed random centres (each bit flipped with probability flips/bits).
+
+    The centres depend only on bits, so database and queries drawn with different seeds
+    share them.
+    """
+    centers = np.random.default_rng(bits).random((n_centers, bits)) < 0.5
     rng = np.random.default_rng(seed)
-    centers = rng.random((n_centers, bits)) < 0.5
     noise = rng.random((n, bits)) < flips / bits
     return np.packbits(centers[rng.integers(0, n_centers, n)] ^ noise, axis=1)
 
@@ -243,10 +247,10 @@ def test_padding_bits_are_ignored():
 # --------------------------------------------------------------------------- multi-index
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4])
-def test_multi_index_probing_is_exact(m):
-    # scan_ratio tiny: always probe buckets, never fall back to a linear scan.
-    bits = 32
+@pytest.mark.parametrize(("bits", "m"), [(32, 1), (32, 2), (32, 3), (32, 4), (64, 3), (100, 4), (128, 6)])
+def test_multi_index_probing_is_exact(bits, m):
+    # scan_ratio tiny: probe buckets unless that means more probes than codes. Substrings
+    # of 25 bits (100/4) cross a 64-bit word boundary and use the itertools masks.
     codes = clustered_codes(3000, bits, seed=m, flips=2)
     index, ids, codes = filled("multi-index", bits, 3000, codes=codes, m=m, scan_ratio=1e-9)
     q = np.concatenate([clustered_codes(8, bits, seed=m + 10, flips=2), random_codes(3, bits, seed=m)])
