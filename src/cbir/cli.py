@@ -96,10 +96,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.images and args.like:
         raise InvalidRequest("give query images or --like, not both")
     with _open(args) as col:
+        need_regions = False
+        if args.codes:
+            from cbir import codes
+
+            need_regions = getattr(codes.load(col, args.codes), "name", "") in codes.REGION_METHODS
         if args.like:
-            query = query_from_members(col, args.like, exclude_self=not args.include_self)
+            query = query_from_members(col, args.like, exclude_self=not args.include_self,
+                                       regions=need_regions)
         else:
-            query = query_from_images(col, [Path(p) for p in args.images])
+            query = query_from_images(col, [Path(p) for p in args.images], regions=need_regions)
+        if args.codes:
+            hits = codes.hamming_search(col, args.codes, query, k=args.k, rerank=args.rerank,
+                                        query_regions=query.regions,
+                                        min_similarity=args.min_similarity)
+            return _print_hits(hits, args.json)
         kw: dict[str, Any] = {}
         if args.nprobe:
             kind = args.index_type or col.index().name
@@ -110,15 +121,74 @@ def cmd_search(args: argparse.Namespace) -> int:
             kw[knob] = args.nprobe
         hits = search(col, query, k=args.k, min_similarity=args.min_similarity,
                       index_kind=args.index_type, **kw)
-    if args.json:
+    return _print_hits(hits, args.json)
+
+
+def _print_hits(hits: list, as_json: bool) -> int:
+    if as_json:
         _print_json({"hits": [h.as_dict() for h in hits]})
         return EXIT_OK
     if not hits:
         print("no results", file=sys.stderr)
         return EXIT_OK
-    print(f"{'rank':>4}  {'similarity':>10}  {'distance':>8}  {'cosine':>7}  path")
+    ham = hits[0].hamming is not None
+    print(f"{'rank':>4}  {'similarity':>10}  {'distance':>8}  {'cosine':>7}  "
+          + ("hamming  " if ham else "") + "path")
     for h in hits:
-        print(f"{h.rank:>4}  {h.similarity:>10.2%}  {h.distance:>8.4f}  {h.cosine:>7.4f}  {h.path}")
+        print(f"{h.rank:>4}  {h.similarity:>10.2%}  {h.distance:>8.4f}  {h.cosine:>7.4f}  "
+              + (f"{h.hamming:>7}  " if ham else "") + h.path)
+    return EXIT_OK
+
+
+def cmd_hash_train(args: argparse.Namespace) -> int:
+    from cbir import codes
+
+    with _open(args) as col:
+        res = codes.train(col, args.method, args.bits, name=args.name, tag_source=args.tags,
+                          vectors=args.vectors, seed=args.seed,
+                          progress=lambda m: print(m, file=sys.stderr))
+    d = {"name": res.name, "method": res.method, "bits": res.bits, "images": res.images,
+         "seconds": round(res.seconds, 2)}
+    if args.json:
+        _print_json(d)
+    else:
+        print(f"trained {res.name}: {res.method}, {res.bits} bits, {res.images} images, "
+              f"{res.seconds:.1f} s; search with: cbir search IMAGE --codes {res.name}")
+    return EXIT_OK
+
+
+def cmd_hash_list(args: argparse.Namespace) -> int:
+    from cbir import codes
+
+    with _open(args) as col:
+        rows = codes.list_hashers(col)
+    if args.json:
+        _print_json(rows)
+    elif not rows:
+        print("no codes trained yet; try: cbir hash train --method itq --bits 64", file=sys.stderr)
+    else:
+        for r in rows:
+            print("  ".join(f"{k}={v}" for k, v in r.items()))
+    return EXIT_OK
+
+
+def cmd_hash_delete(args: argparse.Namespace) -> int:
+    from cbir import codes
+
+    with _open(args) as col, col.writer_lock():
+        path = codes.hasher_path(col, args.name)
+        if not path.exists():
+            raise InvalidRequest(f"no codes named {args.name!r}")
+        path.unlink()
+        n = col.catalog.drop_codes(args.name)
+    print(f"deleted {args.name} ({n} codes)")
+    return EXIT_OK
+
+
+def cmd_hash_methods(args: argparse.Namespace) -> int:
+    from cbir.hashing import HASHERS
+
+    print("\n".join(HASHERS.names()))
     return EXIT_OK
 
 
@@ -230,8 +300,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="partitions/lists to scan (ivf, class-partitioned): more = better recall")
     s.add_argument("--include-self", action="store_true",
                    help="with --like, keep the query images themselves in the results")
+    s.add_argument("--codes", metavar="NAME", default=None,
+                   help="search by learned binary codes (see `cbir hash list`) in Hamming space")
+    s.add_argument("--rerank", type=_positive_int, default=0, metavar="N",
+                   help="with --codes: re-score the N nearest codes by their float features")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("hash", help="learned binary hash codes: train, list, delete")
+    hsub = s.add_subparsers(dest="hash_command", required=True, parser_class=_Parser)
+    h = hsub.add_parser("train", help="learn codes from the collection's features (and tags)")
+    h.add_argument("--method", required=True, help="lsh, pcah, itq, sh, wdht, ws-dsh, "
+                   "ws-hashnet, idea, idea-l, idea-a (see `cbir hash methods`)")
+    h.add_argument("--bits", type=_positive_int, default=32, help="code length, 8 to 128")
+    h.add_argument("--name", default=None, help="name of the codes (default METHOD-BITS)")
+    h.add_argument("--tags", choices=["auto", "user", "machine"], default="auto",
+                   help="weak supervision: user tags, the ImageNet labels, or user tags where "
+                        "an image has them and ImageNet labels elsewhere (default)")
+    h.add_argument("--vectors", choices=["word2vec", "glove", "minilm"], default="word2vec",
+                   help="tag vectors: skip-gram trained on the collection's tags, or packaged ones")
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_hash_train)
+    h = hsub.add_parser("list", help="the codes trained in this collection")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_hash_list)
+    h = hsub.add_parser("delete", help="delete trained codes")
+    h.add_argument("name")
+    h.set_defaults(func=cmd_hash_delete)
+    h = hsub.add_parser("methods", help="the hashing methods available")
+    h.set_defaults(func=cmd_hash_methods)
 
     s = sub.add_parser("info", help="collection statistics")
     s.add_argument("--json", action="store_true")

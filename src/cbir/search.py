@@ -32,10 +32,14 @@ class Hit:
     cosine: float
     labels: list[tuple[str, float]] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+    #: Hamming distance of the codes, for searches by learned binary codes
+    hamming: int | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["labels"] = [{"label": n, "prob": p} for n, p in self.labels]
+        if self.hamming is None:
+            d.pop("hamming")
         return d
 
 
@@ -53,6 +57,8 @@ class Query:
     exclude: set[int] = field(default_factory=set)
     #: stored top-k labels of member queries, turned into probs only if an index needs them
     labels: list[list[tuple[str, float]]] = field(default_factory=list)
+    #: (1, h*w, c) region features, for hashers that learn from regions (IDEA)
+    regions: np.ndarray | None = None
 
     def class_probs(self, class_names: list[str]) -> np.ndarray | None:
         if self.probs is not None or not self.labels or not class_names:
@@ -66,21 +72,23 @@ class Query:
         return pr.mean(axis=0)
 
 
-def query_from_images(collection: Collection, paths: Sequence[Path]) -> Query:
+def query_from_images(collection: Collection, paths: Sequence[Path], *,
+                      regions: bool = False) -> Query:
     """Embed image files with the collection's extractor and average them."""
     if not paths:
         raise InvalidRequest("give at least one query image")
     ext = collection.extractor
     images = [load_image(p, target_size=ext.input_size) for p in paths]
-    emb = embed_images(images, ext)
+    emb = embed_images(images, ext, regions=regions)
     return Query(
         vector=l2_normalize(emb.features.mean(axis=0, keepdims=True))[0],
         probs=None if emb.probs is None else emb.probs.mean(axis=0),
+        regions=None if emb.regions is None else emb.regions.mean(axis=0, keepdims=True),
     )
 
 
 def query_from_members(collection: Collection, paths: Sequence[str | Path], *,
-                       exclude_self: bool = True) -> Query:
+                       exclude_self: bool = True, regions: bool = False) -> Query:
     """Use the stored vectors of images already in the collection (no decoding)."""
     cat = collection.catalog
     ids, feats, labels = [], [], []
@@ -94,7 +102,12 @@ def query_from_members(collection: Collection, paths: Sequence[str | Path], *,
         feats.append(rec.feature)
         labels.append(rec.labels)
     vec = l2_normalize(np.mean(np.stack(feats), axis=0, keepdims=True))[0]
-    return Query(vector=vec, labels=labels, exclude=set(ids) if exclude_self else set())
+    reg = None
+    if regions:
+        from cbir.codes import stored_regions
+
+        reg = stored_regions(collection, np.asarray(ids)).astype(np.float32).mean(axis=0, keepdims=True)
+    return Query(vector=vec, labels=labels, exclude=set(ids) if exclude_self else set(), regions=reg)
 
 
 def search(collection: Collection, query: Query, *, k: int = 10, min_similarity: float = 0.0,

@@ -130,3 +130,19 @@ def test_newer_manifest_format_is_refused(tmp_path):
 def test_missing_manifest_says_how_to_create(tmp_path):
     with pytest.raises(CollectionError, match="cbir index"):
         read_manifest(tmp_path)
+
+
+def test_a_version_1_catalog_is_migrated_in_place(tmp_path):
+    from cbir.store.catalog import _MIGRATIONS
+
+    path = tmp_path / "catalog.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(f"BEGIN; {_MIGRATIONS[1]} PRAGMA user_version=1; COMMIT;")
+    db.execute("INSERT INTO images (path, size, mtime_ns, status, indexed_at) VALUES ('/a', 1, 1, 'ok', 0)")
+    db.commit()
+    db.close()
+    with Catalog(path, DIM) as cat:
+        assert cat.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert cat.count() == 1  # the rows survive
+        cat.put_codes("h", [1], np.array([[7]], dtype=np.uint8))
+        assert cat.ids_without_codes("h").tolist() == []

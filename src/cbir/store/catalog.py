@@ -21,7 +21,7 @@ import numpy as np
 from cbir.errors import CollectionError
 
 CATALOG_NAME = "catalog.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -50,6 +50,15 @@ _MIGRATIONS: dict[int, str] = {
         data BLOB NOT NULL
     );
     INSERT INTO meta VALUES ('generation', '0');
+    """,
+    # learned binary codes, one row per (hasher, image); dropped with the image
+    2: """
+    CREATE TABLE codes (
+        hasher TEXT NOT NULL,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        code BLOB NOT NULL,
+        PRIMARY KEY (hasher, image_id)
+    );
     """,
 }
 
@@ -337,6 +346,36 @@ class Catalog:
         if blob is None:
             return None
         return np.frombuffer(blob, dtype="<f2").astype(np.float32)
+
+    # -- binary codes -------------------------------------------------------------------
+    def put_codes(self, hasher: str, ids: Sequence[int], codes: np.ndarray) -> None:
+        """Store packed uint8 codes (n, B) of ``hasher`` for image ids, in one transaction."""
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO codes VALUES (?, ?, ?)",
+                ((hasher, int(i), c.tobytes()) for i, c in zip(ids, codes, strict=True)),
+            )
+
+    def codes(self, hasher: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 (n,), codes uint8 (n, B)) of ``hasher`` for images still 'ok', by id."""
+        rows = self.db.execute(
+            "SELECT c.image_id, c.code FROM codes c JOIN images i ON i.id = c.image_id"
+            " WHERE c.hasher=? AND i.status='ok' ORDER BY c.image_id", (hasher,)).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return ids, np.zeros((0, 0), dtype=np.uint8)
+        return ids, np.frombuffer(b"".join(r[1] for r in rows), dtype=np.uint8).reshape(len(rows), -1)
+
+    def ids_without_codes(self, hasher: str) -> np.ndarray:
+        rows = self.db.execute(
+            "SELECT id FROM images WHERE status='ok' AND id NOT IN"
+            " (SELECT image_id FROM codes WHERE hasher=?) ORDER BY id", (hasher,)).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def drop_codes(self, hasher: str) -> int:
+        with self.transaction() as db:
+            return db.execute("DELETE FROM codes WHERE hasher=?", (hasher,)).rowcount
 
     def error_summary(self) -> list[tuple[str, int]]:
         rows = self.db.execute(
