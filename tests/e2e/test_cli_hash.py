@@ -6,8 +6,8 @@ import json
 import os
 
 import pytest
-from badfiles import make_good_images
 
+from badfiles import make_good_images
 from cbir.cli import main
 
 
