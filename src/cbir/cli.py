@@ -18,6 +18,9 @@ from cbir.errors import CbirError, InvalidRequest
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
 
+#: modules under cbir.commands whose ``register(sub, parser_class)`` adds sub-commands
+COMMAND_MODULES: list[str] = []
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line (and exits 2) without the usage dump."""
@@ -355,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", "-q", action="store_true")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval_folder)
+
+    for module in COMMAND_MODULES:
+        import importlib
+
+        importlib.import_module(f"cbir.commands.{module}").register(sub, _Parser)
 
     s = sub.add_parser("demo", help="index scikit-image's sample photos and run a search")
     s.add_argument("--dir", default=".demo", help="where to put the photos and the collection")
