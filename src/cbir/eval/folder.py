@@ -58,7 +58,10 @@ def evaluate_folder(dataset: Path, *, extractor: str = DEFAULT_EXTRACTOR,
     feats, labels, classes, failed = load_labelled_features(
         dataset, extractor=extractor, collection_dir=collection_dir, progress=progress)
     metrics = leave_one_out_retrieval(feats, labels, ks=tuple(ks))
-    row = {"dataset": dataset.name, "extractor": extractor, "images": len(labels),
+    name = dataset.resolve().name
+    if name == "dataset":  # Wang's tar wraps its classes in dataset/: name it by its parent
+        name = dataset.resolve().parent.name + "/" + name
+    row = {"dataset": name, "extractor": extractor, "images": len(labels),
            "classes": len(classes), **{k: v if isinstance(v, int) else round(float(v), 4)
               for k, v in metrics.items()}}
     columns = list(row)
