@@ -34,6 +34,16 @@ from cbir.concepts.relevance import (
     relevance_components,
     single_relevance,
 )
+from cbir.concepts.tag_vectors import (
+    TAG_VECTORS,
+    TagVectors,
+    create_tag_vectors,
+    mean_tanimoto,
+    tanimoto,
+    tanimoto_matrix,
+)
+from cbir.concepts.tags import TagCleaner, build_vocabulary, clean_tags, normalize_tag
+from cbir.concepts.visualness import VisualnessStats, filter_visual_tags, visualness_scores, visualness_stats
 from cbir.concepts.vocabulary import ConceptVocabulary, frequent_itemsets, to_concept_matrix
 
 _LAZY = {"balanced_concept_weights", "multi_concept_softmax_loss"}
@@ -41,26 +51,40 @@ _LAZY = {"balanced_concept_weights", "multi_concept_softmax_loss"}
 __all__ = [
     "COMPONENTS",
     "K_RC",
+    "TAG_VECTORS",
     "UNIFORM_WEIGHTS",
     "ConceptContext",
     "ConceptVocabulary",
     "FusionResult",
     "QueryContext",
     "SceneScorer",
+    "TagCleaner",
+    "TagVectors",
+    "VisualnessStats",
     "balanced_concept_weights",
+    "build_vocabulary",
     "check_weights",
+    "clean_tags",
+    "create_tag_vectors",
+    "filter_visual_tags",
     "fit_fusion_weights",
     "frequent_itemsets",
     "fuse",
     "log_likelihood",
     "log_likelihood_and_grad",
+    "mean_tanimoto",
     "multi_concept_softmax_loss",
     "multi_relevance",
+    "normalize_tag",
     "project_simplex",
     "relevance_components",
     "sample_weights",
     "single_relevance",
+    "tanimoto",
+    "tanimoto_matrix",
     "to_concept_matrix",
+    "visualness_scores",
+    "visualness_stats",
 ]
 
 
