@@ -19,7 +19,7 @@ from cbir.errors import CbirError, InvalidRequest
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
 
 #: modules under cbir.commands whose ``register(sub, parser_class)`` adds sub-commands
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["train"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -149,10 +149,12 @@ class Collection:
         if kind != AUTO and kind not in INDEXES:
             raise InvalidRequest(f"unknown index type {kind!r}; choose auto or one of: "
                                  + ", ".join(INDEXES.names()))
-        if kind == "class-partitioned" and not self.extractor.class_names:
+        if kind == "class-partitioned" and self.partition_model() is None \
+                and not self.extractor.class_names:
             raise InvalidRequest(
                 f"the class-partitioned index needs predicted classes, and extractor "
-                f"{self.manifest.extractor!r} has no classifier; choose another --index-type")
+                f"{self.manifest.extractor!r} has no classifier; train one (`cbir train`) and "
+                "`cbir models use NAME`, or choose another --index-type")
         with self.catalog.transaction():
             self.catalog.set_meta("index_kind", kind)
 
@@ -211,9 +213,20 @@ class Collection:
             idx.add(ids, feats, **self._add_kwargs(idx, ids))
         return bool(len(stale) or len(new))
 
+    def partition_model(self) -> Any:
+        """The trained classifier chosen with `cbir models use` to partition the index, or None."""
+        from cbir.train.apply import load_used_model
+
+        return load_used_model(self)
+
     def _add_kwargs(self, idx: VectorIndex, ids: np.ndarray) -> dict[str, Any]:
         if idx.name != "class-partitioned":
             return {}
+        model = self.partition_model()
+        if model is not None:  # the tables follow the trained model's classes
+            from cbir.train.apply import partition_kwargs
+
+            return partition_kwargs(self, model, ids)
         recs = self.catalog.records(ids)
         classes = np.array([recs[int(i)].top_class if recs[int(i)].top_class is not None else -1
                             for i in ids], dtype=np.int64)

@@ -122,7 +122,13 @@ def search(collection: Collection, query: Query, *, k: int = 10, min_similarity:
         return []
     kw = dict(search_kw)
     if idx.name == "class-partitioned":
-        probs = query.class_probs(collection.extractor.class_names)
+        model = collection.partition_model()
+        if model is not None:
+            from cbir.train.apply import query_probs
+
+            probs = query_probs(model, query)[0]
+        else:
+            probs = query.class_probs(collection.extractor.class_names)
         if probs is not None:
             kw.setdefault("query_probs", probs[None, :])
     want = k + len(query.exclude)
