@@ -253,6 +253,26 @@ def cmd_eval_folder(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_eval_hashing(args: argparse.Namespace) -> int:
+    from cbir.eval.hashing_benchmark import run, write_json
+
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    result = run(args.dataset, args.root or Path(".data") / args.dataset,
+                 methods=[m for m in args.methods.split(",") if m], bits=args.bits,
+                 vectors=args.vectors, seed=args.seed,
+                 relevance=[r for r in args.relevance.split(",") if r], plot=args.plot,
+                 log=log, progress=not args.quiet)
+    if args.out:
+        write_json(result, args.out)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{result['dataset']}: {result['protocol']}")
+        for kind, table in result["tables"].items():
+            print(f"\n== relevance: {kind} ==\n{table}")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cbir.demo import run_demo
 
@@ -363,6 +383,25 @@ def build_parser() -> argparse.ArgumentParser:
         import importlib
 
         importlib.import_module(f"cbir.commands.{module}").register(sub, _Parser)
+
+    e = esub.add_parser("hashing", help="the papers' hashing tables (mAP@K, P@N, P within "
+                        "radius 2, PR curves) on a benchmark dataset")
+    e.add_argument("dataset", choices=["corel5k", "cifar10", "wang", "mirflickr25k", "nuswide"])
+    e.add_argument("--root", type=Path, default=None,
+                   help="the extracted dataset (default .data/DATASET; see README: Evaluation)")
+    e.add_argument("--methods", default="lsh,pcah,itq,sh,wdht,idea,idea-l,idea-a",
+                   help="comma-separated hashing methods (see `cbir hash methods`)")
+    e.add_argument("--bits", type=lambda t: [_positive_int(x) for x in t.split(",")],
+                   default=[12, 16, 24, 32, 48, 64], help="code lengths, comma-separated")
+    e.add_argument("--vectors", choices=["word2vec", "glove", "minilm"], default="word2vec")
+    e.add_argument("--relevance", default="labels",
+                   help="labels (the class/category), and for Corel-5K also keywords; comma-separated")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", type=Path, default=None, help="write all metrics as JSON here")
+    e.add_argument("--plot", type=Path, default=None, help="PR curves PNG at the largest bit length")
+    e.add_argument("--quiet", "-q", action="store_true")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval_hashing)
 
     s = sub.add_parser("demo", help="index scikit-image's sample photos and run a search")
     s.add_argument("--dir", default=".demo", help="where to put the photos and the collection")
