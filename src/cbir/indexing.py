@@ -143,7 +143,7 @@ def index_paths(
         report.removed = catalog.remove_paths(remove)
 
     if todo:
-        extractor = collection.extractor
+        extractor = collection.indexing_extractor()
         hashes = catalog.ok_hashes()
         pending: list[ImageRecord] = []
         last_commit = time.monotonic()
@@ -158,10 +158,8 @@ def index_paths(
                 pending.clear()
             last_commit = time.monotonic()
 
-        def known_content(_key: int, data: bytes) -> bool:
-            import hashlib
-
-            return hashlib.sha256(data).hexdigest() not in hashes
+        def known_content(_key: int, sha256: str) -> bool:
+            return sha256 not in hashes
 
         bar = None
         if progress:

@@ -26,6 +26,7 @@ import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import platformdirs
@@ -116,6 +117,18 @@ def export_onnx(model_name: str = "efficientnet-lite0", out: Path | None = None,
         ) from e
     import onnxruntime as ort
 
+    threads = torch.get_num_threads()
+    # One thread: OpenMP's spinning threads make torch crawl on a busy machine, and the
+    # export and its 3-image check are small.
+    torch.set_num_threads(1)
+    try:
+        return _export(torch, onnx, ort, EfficientNet, model_name, out, atol, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _export(torch: Any, onnx: Any, ort: Any, EfficientNet: Any, model_name: str,  # noqa: N803
+            out: Path | None, atol: float, seed: int) -> ExportReport:
     t0 = time.perf_counter()
     wpath = weights_path(model_name)
     out = out or onnx_path(model_name)
@@ -176,10 +189,26 @@ def export_onnx(model_name: str = "efficientnet-lite0", out: Path | None = None,
             raise RuntimeError(f"ONNX export of {model_name} does not match torch: {bad} > {atol}")
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        tmp.chmod(0o644)  # mkstemp makes it 0600; a shared CBIR_CACHE_DIR needs it readable
         os.replace(tmp, out)
+        _fsync_dir(out.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return ExportReport(out, time.perf_counter() - t0, diffs)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (best effort; not every OS can open a directory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def main() -> None:

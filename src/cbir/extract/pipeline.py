@@ -2,16 +2,19 @@
 
 Decode threads read each file once, hash its bytes, decode (JPEG draft mode down to the
 extractor's input size) and preprocess; the calling thread stacks ready items into
-batches and runs ``extractor.embed``. Pillow's decoders/resizers, hashlib and numpy
-release the GIL, so threads are enough. At most ``max_pending`` items are in flight, so
-memory stays flat whatever the number of files.
+batches, which ``infer_workers`` threads pass to ``extractor.embed``. Pillow's decoders
+and resizers, hashlib, numpy and onnxruntime release the GIL, so threads are enough. At
+most ``max_pending`` items are in flight, so memory stays flat whatever the number of files.
 
 Threads on a small machine: onnxruntime's intra-op threads and the decode threads share
-the cores. On the 2-core reference machine the best throughput came from the model using
-all cores (``intra_op_num_threads = os.cpu_count()``) with thread spinning *off* (spinning
-idle onnxruntime threads steal the cores from the decoders) and ``decode_workers =
-os.cpu_count()``: decoding fills the gaps in the model's parallel sections, and while a
-batch runs the next one is already being decoded. See bench/bench_extract.py.
+the cores. Measured on the 2-core reference machine (bench/bench_extract.py --sweep), the
+least CPU per image, hence the best throughput, comes from one intra-op thread per batch
+with one batch in flight per core -- ``create_extractor(name, intra_op_num_threads=1)``,
+for which ``embed_files`` defaults to ``infer_workers = cores`` -- plus ``decode_workers
+= cores`` and thread spinning off. A single session using every core wastes time in its
+parallel-for barriers whenever a decode thread preempts one of its threads, and spinning
+idle threads steal the decoders' cores. The extractor's own default (one session on all
+cores, one batch at a time) is the best for the latency of a single query.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from cbir.io.images import image_size, load_image, os_error_reason
 
 K = TypeVar("K")
 
-#: read_hook(key, data) -> False to skip decoding (e.g. the bytes' sha256 is already indexed).
-ReadHook = Callable[[K, bytes], bool]
+#: read_hook(key, sha256_hex) -> False to skip decoding (e.g. that content is already indexed).
+ReadHook = Callable[[K, str], bool]
 
 @dataclass
 class ItemResult(Generic[K]):
@@ -72,6 +75,13 @@ def default_decode_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def default_infer_workers(extractor: FeatureExtractor) -> int:
+    """Concurrent batches: cores // the extractor's ``intra_op_num_threads`` (at least 1)."""
+    cores = os.cpu_count() or 1
+    threads = int(getattr(extractor, "intra_op_num_threads", cores) or cores)
+    return max(1, cores // max(1, threads))
+
+
 def _display_size(data: bytes, name: str) -> tuple[int, int]:
     """(width, height) as displayed, from the header only; (0, 0) if the header is bad."""
     try:
@@ -93,7 +103,7 @@ def _decode(key: K, path: Path, extractor: FeatureExtractor,
     res.size = len(data)
     res.sha256 = hashlib.sha256(data).hexdigest()
     res.width, res.height = _display_size(data, str(path))
-    if read_hook is not None and not read_hook(key, data):
+    if read_hook is not None and not read_hook(key, res.sha256):
         res.skipped = True
         return res, None
     try:
@@ -126,18 +136,19 @@ def _infer(ready: list[tuple[ItemResult[K], np.ndarray]], extractor: FeatureExtr
 def embed_files(items: Iterable[tuple[K, Path]], extractor: FeatureExtractor, *,
                 batch_size: int = 32, decode_workers: int | None = None,
                 regions: bool = False, read_hook: ReadHook | None = None,
-                infer_workers: int = 1, max_pending: int | None = None,
+                infer_workers: int | None = None, max_pending: int | None = None,
                 ) -> Iterator[ItemResult[K]]:
     """Embed files; yields exactly one ItemResult per (key, path), possibly out of order.
 
     items is consumed lazily. A file that cannot be read or decoded yields a result with
-    ``error`` set; ``read_hook(key, data)`` returning False yields ``skipped=True`` without
+    ``error`` set; ``read_hook(key, sha256)`` returning False yields ``skipped=True`` without
     decoding. Batches run on ``infer_workers`` threads (so inference also overlaps with the
-    consumer's work); more than one only pays with an extractor using fewer intra-op
-    threads than cores. At most ``max_pending`` (default (infer_workers + 1) * batch_size
-    + decode_workers) items are decoding, decoded or being embedded at a time. Closing the
-    iterator early stops the workers.
+    consumer's work); default ``default_infer_workers(extractor)``: enough single batches
+    to fill the cores given the extractor's intra-op threads. At most ``max_pending``
+    (default (infer_workers + 1) * batch_size + decode_workers) items are decoding, decoded
+    or being embedded at a time. Closing the iterator early stops the workers.
     """
+    infer_workers = infer_workers or default_infer_workers(extractor)
     if batch_size < 1 or infer_workers < 1:
         raise ValueError(f"batch_size and infer_workers must be >= 1, "
                          f"got {batch_size} and {infer_workers}")
