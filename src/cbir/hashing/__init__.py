@@ -1,12 +1,18 @@
 """Binary hash codes: hashers (features -> packed codes) and Hamming indexes.
 
-Importing this package registers every hasher (``lsh``, ``pcah``, ``itq``, ``sh``) and
-every binary index backend (``binary-flat``, ``multi-index``).
+Importing this package registers every hasher (``lsh``, ``pcah``, ``itq``, ``sh``; the
+trained ``wdht``, ``ws-dsh``, ``ws-hashnet``, ``idea``, ``idea-l``, ``idea-a``) and every
+binary index backend (``binary-flat``, ``multi-index``).
+
+It does not import torch: :mod:`cbir.hashing.weak` and :mod:`cbir.hashing.idea` are
+torch-free at import time (their classes register here like the others) and import torch
+inside ``fit`` / ``encode`` / ``load``, through :mod:`cbir.hashing.training` and
+:mod:`cbir.hashing.losses`, the only modules that import torch at the top.
 """
 
 from __future__ import annotations
 
-from cbir.hashing import binary_index, unsupervised  # noqa: F401  (registers the components)
+from cbir.hashing import binary_index, idea, unsupervised, weak  # noqa: F401  (registers the components)
 from cbir.hashing.base import (
     FORMAT_VERSION,
     HASHERS,
