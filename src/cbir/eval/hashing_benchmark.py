@@ -164,12 +164,26 @@ def run(name: str, root: Path, *, methods: Sequence[str] = DEFAULT_METHODS,
     for kind, (ql, dl) in relevances.items():
         results[kind]["float (no hashing)"] = {
             "float": evaluate_float(feats.features[q], feats.features[db], ql, dl)}
+    tuned: dict[str, Any] = {}
     for method in methods:
         timings[method] = {}
-        for b in bits:
+        order = list(bits)
+        if method in REGION_METHODS and "lambdas" not in params.get(method, {}):
+            # IDEA chooses its loss weights on a validation split (by tag overlap, never by
+            # class); do that once, at the middle code length, and keep them for the others
+            tune_at = 32 if 32 in order else order[len(order) // 2]
+            order.remove(tune_at)
+            order.insert(0, tune_at)
+        for b in order:
             t0 = time.perf_counter()
             hasher = _fit(method, b, ds, feats, vectors=vec, seed=seed, params=params)
             fit_s = time.perf_counter() - t0
+            if method in REGION_METHODS and "lambdas" not in params.get(method, {}):
+                lam = getattr(hasher, "info_", {}).get("lambdas")
+                if lam is not None:
+                    params = {**params, method: {**params.get(method, {}), "lambdas": lam}}
+                    tuned[method] = {"bits": b, "lambdas": lam,
+                                     "grid": getattr(hasher, "info_", {}).get("grid")}
             qc, dc = _encode(hasher, method, feats, q), _encode(hasher, method, feats, db)
             timings[method][b] = round(fit_s, 2)
             for kind, (ql, dl) in relevances.items():
@@ -190,7 +204,7 @@ def run(name: str, root: Path, *, methods: Sequence[str] = DEFAULT_METHODS,
                        title=f"{name}: precision-recall at {top} bits ({kind} relevance)")
     return {"dataset": name, "protocol": ds.split.description, "sizes": ds.split.sizes(),
             "methods": list(methods), "bits": list(bits), "vectors": vectors, "seed": seed,
-            "fit_seconds": timings, "tables": tables,
+            "fit_seconds": timings, "tuned": tuned, "tables": tables,
             "results": _jsonable(results)}
 
 
