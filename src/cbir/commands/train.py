@@ -18,24 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cbir.cli import _positive_int, _print_json
 from cbir.errors import InvalidRequest
 
 EXIT_OK = 0
-
-
-def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
-    return v
 
 
 def _float_in(lo: float, hi: float) -> Any:

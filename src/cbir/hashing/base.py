@@ -28,14 +28,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 
+from cbir.atomic import atomic_write_bytes
 from cbir.errors import BackendUnavailable, IndexMismatch, InvalidRequest
 from cbir.registry import Registry
 
@@ -284,18 +283,6 @@ def _import_safetensors() -> Any:
     return safetensors
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -410,7 +397,7 @@ class HasherBase:
         }
         arrays = {k: np.ascontiguousarray(v) for k, v in self._arrays().items()}
         data = st.numpy.save(arrays, metadata={METADATA_KEY: json.dumps(header, sort_keys=True)})
-        _atomic_write_bytes(Path(path), data)
+        atomic_write_bytes(Path(path), data)
 
     @classmethod
     def load(cls, path: Path) -> Self:

@@ -21,9 +21,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 import faiss
 import numpy as np
 
+from cbir.atomic import atomic_open
 from cbir.errors import IndexMismatch, InvalidRequest
 from cbir.registry import Registry
 
@@ -268,26 +267,10 @@ def write_index_file(path: Path, header: dict[str, Any], blobs: list[Blob]) -> N
         "blobs": [b.spec() for b in blobs],
     }
     raw = json.dumps(header, indent=1, sort_keys=True).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + struct.pack("<Q", len(raw)) + raw)
-            for blob in blobs:
-                _write_blob(f, blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename durable; not possible on every platform
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with atomic_open(path, "wb") as f:
+        f.write(MAGIC + struct.pack("<Q", len(raw)) + raw)
+        for blob in blobs:
+            _write_blob(f, blob)
 
 
 def _read_exact(f: io.BufferedReader, n: int, path: Path) -> bytes:

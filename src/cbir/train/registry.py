@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cbir.atomic import atomic_write_bytes
 from cbir.errors import CollectionError, InvalidRequest
 from cbir.store.manifest import write_json_atomic
 from cbir.train.model import FORMAT_VERSION, ClassifierModel
@@ -56,18 +55,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ModelRegistry:
@@ -112,7 +99,7 @@ class ModelRegistry:
         meta["weights_file"] = self.weights_path(name).name
         meta["weights_sha256"] = _sha256(data)
         meta["weights_bytes"] = len(data)
-        _write_bytes_atomic(self.weights_path(name), data)
+        atomic_write_bytes(self.weights_path(name), data)
         write_json_atomic(self.meta_path(name), meta)
         model.meta = meta
         return self.meta_path(name)
