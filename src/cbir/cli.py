@@ -340,8 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--tags", choices=["auto", "user", "machine"], default="auto",
                    help="weak supervision: user tags, the ImageNet labels, or user tags where "
                         "an image has them and ImageNet labels elsewhere (default)")
-    h.add_argument("--vectors", choices=["word2vec", "glove", "minilm"], default="word2vec",
-                   help="tag vectors: skip-gram trained on the collection's tags, or packaged ones")
+    h.add_argument("--vectors", choices=["word2vec", "glove", "minilm"], default="glove",
+                   help="tag vectors: packaged GloVe 6B-50d (default), packaged MiniLM, or "
+                        "skip-gram word2vec trained on the collection's own tags (needs many tags)")
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--json", action="store_true")
     h.set_defaults(func=cmd_hash_train)
@@ -393,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated hashing methods (see `cbir hash methods`)")
     e.add_argument("--bits", type=lambda t: [_positive_int(x) for x in t.split(",")],
                    default=[12, 16, 24, 32, 48, 64], help="code lengths, comma-separated")
-    e.add_argument("--vectors", choices=["word2vec", "glove", "minilm"], default="word2vec")
+    e.add_argument("--vectors", choices=["word2vec", "glove", "minilm"], default="glove",
+                   help="tag vectors (default glove; word2vec on a few thousand short tag lists "
+                        "puts nearly every pair above the similarity threshold)")
     e.add_argument("--relevance", default="labels",
                    help="labels (the class/category), and for Corel-5K also keywords; comma-separated")
     e.add_argument("--seed", type=int, default=0)

@@ -101,7 +101,7 @@ class TrainedCodes:
 
 
 def train(col: Collection, method: str, bits: int, *, name: str | None = None,
-          tag_source: str = "auto", vectors: str = "word2vec",
+          tag_source: str = "auto", vectors: str = "glove",
           progress: Callable[[str], None] | None = None, **params: Any) -> TrainedCodes:
     """Fit ``method`` on the collection's stored features (and tags), save it, store all codes."""
     from cbir.hashing import HASHERS, check_bits, create_hasher

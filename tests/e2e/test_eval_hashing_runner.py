@@ -13,7 +13,7 @@ from cbir.eval.hashing_benchmark import run
 def _fake_corel(root, n_per_cat: int = 12, n_cats: int = 4):
     """Categories are colour families (colorhist separates them); keywords follow categories."""
     rng = np.random.default_rng(0)
-    words = ["red", "green", "blue", "yellow", "sky", "noise"]
+    words = ["dog", "car", "mountain", "piano", "sky", "noise"]
     (root / "labels").mkdir(parents=True)
     (root / "labels" / "words").write_text("\r\n".join(words) + "\r\n")
     base = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 30)]

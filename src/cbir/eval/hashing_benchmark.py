@@ -133,7 +133,7 @@ def _encode(hasher: Any, method: str, feats: StoredFeatures, idx: np.ndarray,
 
 
 def run(name: str, root: Path, *, methods: Sequence[str] = DEFAULT_METHODS,
-        bits: Sequence[int] = DEFAULT_BITS, vectors: str = "word2vec", seed: int = 0,
+        bits: Sequence[int] = DEFAULT_BITS, vectors: str = "glove", seed: int = 0,
         relevance: Sequence[str] = ("labels",), params: dict[str, Any] | None = None,
         plot: Path | None = None, log: Log = _quiet, progress: bool = True,
         collection_dir: Path | None = None, extractor: str = EXTRACTOR) -> dict[str, Any]:

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -510,10 +511,18 @@ class WDHT(TrainedHasher):
             stage="wdht",
             progress=progress,
         )
+        frac = seen["similar"] / seen["pairs"] if seen["pairs"] else None
+        if frac is not None and not 0.002 <= frac <= 0.9:
+            # e.g. word2vec trained on a few thousand short tag lists: nearly every pair
+            # scores above the threshold and the codes collapse to one value
+            warnings.warn(
+                f"{self.name}: {frac:.1%} of tag pairs are similar at threshold {self.threshold}; "
+                "the weak supervision is degenerate (try other tag vectors, e.g. glove, or another "
+                "threshold)", stacklevel=2)
         return {
             "tagged_images": int(len(tagged)),
             "vocabulary": len(ts.vocab),
-            "similar_pair_fraction": seen["similar"] / seen["pairs"] if seen["pairs"] else None,
+            "similar_pair_fraction": frac,
         }
 
     # -- encoding: eq. (5) ---------------------------------------------------------------
