@@ -12,9 +12,11 @@ The data imitate pooled CNN features: ``classes`` classes with a centre in a 64-
 latent space and an 8-d class-specific manifold around it; latent codes are mapped to
 ``dim`` dimensions by a random linear layer + ReLU (so ~58 % zeros, all entries >= 0,
 random pairs have cosine ~0.3 as real post-ReLU features do), plus noise, then
-L2-normalised. A "classifier" (argmax of latent . centres) gives each vector a
-predicted class (~84 % top-1 accuracy) and each query class probabilities, for the
-class-partitioned backend. 1M x 1280 float32 is 5.1 GB; it is generated in chunks.
+L2-normalised. Local intrinsic dimension (MLE, k=20) is ~17, in the range reported for
+real image descriptors, so neighbours are neither trivial nor noise. A "classifier"
+(argmax of latent . centres) gives each vector a predicted class (~77 % top-1) and each
+query class probabilities, for the class-partitioned backend. 1M x 1280 float32 is
+5.1 GB; it is generated in chunks. Exact search is timed on ``--exact-queries`` only.
 """
 
 from __future__ import annotations
@@ -164,10 +166,12 @@ def run_size(n: int, args: argparse.Namespace, configs: list[Config]) -> list[di
             search_kw = {**kw, **({"query_probs": probs} if cfg.needs_classes else {})}
             for i in range(min(10, len(q))):  # warm-up
                 index.search(q[i : i + 1], K, **{**search_kw, **_row(search_kw, i)})
-            lat = np.empty(len(q))
-            found = np.empty((len(q), K), dtype=np.int64)
-            scanned = np.zeros(len(q))
-            for i in range(len(q)):
+            # exact search is slow and its answers are the ground truth: time fewer queries
+            nq = min(len(q), args.exact_queries) if cfg.backend == "exact" else len(q)
+            lat = np.empty(nq)
+            found = np.empty((nq, K), dtype=np.int64)
+            scanned = np.zeros(nq)
+            for i in range(nq):
                 one = {**search_kw, **_row(search_kw, i)}
                 t = time.perf_counter()
                 _, found[i] = index.search(q[i : i + 1], K, **one)
@@ -180,7 +184,8 @@ def run_size(n: int, args: argparse.Namespace, configs: list[Config]) -> list[di
                 "bytes_per_vector": round(size / n, 1),
                 "p50_ms": round(1e3 * float(np.percentile(lat, 50)), 3),
                 "p99_ms": round(1e3 * float(np.percentile(lat, 99)), 3),
-                "recall_at_10": round(tolerant_recall(q, x, found, kth), 4),
+                "recall_at_10": round(tolerant_recall(q[:nq], x, found, kth[:nq]), 4),
+                "timed_queries": nq,
                 "scanned_frac": round(float(scanned.mean()) / n, 4) if cfg.needs_classes else None,
                 "note": note,
             }
@@ -224,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default=",".join(c.label for c in CONFIGS),
                     help="comma-separated subset of: " + ", ".join(c.label for c in CONFIGS))
     ap.add_argument("--queries", type=int, default=1000, help="held-out queries (timed one by one)")
+    ap.add_argument("--exact-queries", type=int, default=200,
+                    help="queries timed for the exact backend (0.3 us per vector each)")
     ap.add_argument("--dim", type=int, default=1280)
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -245,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", *sys.argv]), "faiss": faiss.__version__,
         "numpy": np.__version__, "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(), "omp_threads": faiss.omp_get_max_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         "dim": args.dim, "classes": args.classes, "queries": args.queries, "k": K,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_start": os.getloadavg(),
     }

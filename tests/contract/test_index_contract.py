@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import pytest
 from faiss.contrib.evaluation import check_ref_knn_with_draws
@@ -94,6 +95,17 @@ CASES: dict[str, list[Case]] = {
         Case("class-partitioned", add_kw=_classes, search_kw=_all_partitions, min_recall=1.0)
     ],
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_faiss_thread() -> Any:
+    """Run FAISS on one OpenMP thread here, restored afterwards: on a shared 2-core box,
+    libgomp's spin-waiting made this suite 25 s instead of 3.5 s (OMP_WAIT_POLICY=PASSIVE
+    fixes it too, but only if set before FAISS loads)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 def _cases() -> list[Any]:
@@ -350,6 +362,28 @@ def test_ivf_exact_until_trainable_then_trains(small) -> None:
         create_index("ivf", DIM, pq_m=7)
 
 
+@pytest.mark.parametrize("params", [{}, {"pq_m": 8, "pq_nbits": 3}], ids=["flat", "pq+refine"])
+def test_ivf_auto_nlist_retrains_as_collection_grows(small, params) -> None:
+    ids, x = small
+    # tiny thresholds so the policy shows on 2000 vectors: train at 4*sqrt(n) lists once
+    # there are 2 vectors per list, retrain when n has grown ~4x (nlist doubles)
+    index = create_index("ivf", DIM, min_points_per_list=2, train_points_per_list=4,
+                         nprobe=1000, **params)
+    index.add(ids[:400], x[:400])
+    first = index.current_nlist
+    assert index.is_trained and first == round(4 * np.sqrt(400))
+    index.add(ids[400:], x[400:])
+    assert index.current_nlist == round(4 * np.sqrt(2000)) >= 2 * first
+    np.testing.assert_array_equal(index.ids(), np.sort(ids))
+    exact = create_index("exact", DIM)
+    exact.add(ids, x)  # nprobe >= nlist: every list is scanned, so results are exact
+    s0, i0 = exact.search(x[:20], 5)
+    s1, i1 = index.search(x[:20], 5)
+    np.testing.assert_array_equal(i0[:, 0], i1[:, 0])
+    if not params:
+        check_ref_knn_with_draws(s0, i0, s1, i1)
+
+
 def test_partitioned_needs_classes_and_scans_less(recall_data: dict[str, Any]) -> None:
     d = recall_data
     dim, x, q, ids = d["dim"], d["x"], d["q"], d["ids"]
@@ -372,6 +406,24 @@ def test_partitioned_needs_classes_and_scans_less(recall_data: dict[str, Any]) -
     assert index.last_scanned.mean() < 0.2 * len(ids)
     with pytest.raises(InvalidRequest, match="query_probs must be"):
         index.search(q, 10, query_probs=probs[:3])
+
+
+def test_partitioned_unclassified_and_empty_classes(small) -> None:
+    ids, x = small
+    index = create_index("class-partitioned", DIM)
+    classes = np.where(np.arange(len(ids)) % 10 == 0, -1, 2 + np.arange(len(ids)) % 3)
+    index.add(ids, x, classes=classes)  # tables -1 (no prediction), 2, 3, 4
+    with pytest.raises(InvalidRequest, match=">= 0, or -1"):
+        index.add(ids[:1], x[:1], classes=np.array([-2]))
+    probs = np.zeros((20, 6), np.float32)
+    probs[:, 0] = 1.0  # most probable class 0 has no table: falls through to the best that has
+    probs[:, 3] = 0.5
+    _, found = index.search(x[:20:2], 1, query_probs=probs[:10])
+    unclassified = np.flatnonzero(classes == -1)
+    assert (index.last_scanned == (classes == 3).sum() + unclassified.size).all()
+    # the unclassified table is always scanned: its vectors find themselves
+    _, found = index.search(x[unclassified[:10]], 1, query_probs=probs[:10])
+    np.testing.assert_array_equal(found[:, 0], ids[unclassified[:10]])
 
 
 # ------------------------------------------------------------------------- factories, files

@@ -36,7 +36,7 @@ class HNSWIndex(IndexBase):
     def __init__(
         self,
         dim: int,
-        M: int = 32,  # noqa: N803 - the name every HNSW paper and library uses
+        M: int = 32,  # the name every HNSW paper and library uses
         ef_construction: int = 80,
         ef_search: int = 96,
         max_tombstones: float = 0.25,

@@ -6,6 +6,10 @@ classes (``query_probs`` (nq, C) in search), so the work drops ~C/n_partitions-f
 at the price of missing neighbours filed under other classes. Without ``query_probs``
 every table is scanned (exact search). After each search ``last_scanned`` (nq,) int64
 says how many vectors each query scanned.
+
+A query whose most probable class has no table falls through to the next most probable
+classes that have one. Class -1 means "no prediction": those vectors go to one extra
+table that every query scans, so they are never lost.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import numpy as np
 
 from cbir.errors import InvalidRequest
 from cbir.index.base import INDEXES, Blob, IndexBase, flat_vectors, top_k
+
+#: class of vectors that have no predicted class; their table is scanned by every query
+UNCLASSIFIED = -1
 
 
 @INDEXES.register("class-partitioned")
@@ -57,8 +64,8 @@ class ClassPartitionedIndex(IndexBase):
                 f"classes must be a 1-D int array of {len(ids)} class indices; "
                 f"got {arr.dtype} {arr.shape}"
             )
-        if arr.size and arr.min() < 0:
-            raise InvalidRequest("classes must be >= 0")
+        if arr.size and arr.min() < -1:
+            raise InvalidRequest("classes must be >= 0, or -1 for a vector without a prediction")
         return {"classes": arr.astype(np.int64)}
 
     def _add(self, ids: np.ndarray, x: np.ndarray, **kw: Any) -> None:
@@ -107,11 +114,12 @@ class ClassPartitionedIndex(IndexBase):
         probs = kw["query_probs"]
         nq = q.shape[0]
         if probs is None:  # no class information: scan every table
-            chosen = np.broadcast_to(np.array(sorted(self._parts), dtype=np.int64), (nq, len(self._parts)))
+            every = np.array(sorted(self._parts), dtype=np.int64)
+            chosen = np.broadcast_to(every, (nq, every.size))
         else:
             # only classes that have a table can be scanned: a query whose most probable
             # class holds no image falls through to the next most probable ones
-            present = np.array([c for c in self._parts if c < probs.shape[1]], dtype=np.int64)
+            present = np.array([c for c in self._parts if 0 <= c < probs.shape[1]], dtype=np.int64)
             if len(present):
                 masked = np.full_like(probs, -np.inf)
                 masked[:, present] = probs[:, present]
@@ -123,6 +131,8 @@ class ClassPartitionedIndex(IndexBase):
                 top = np.broadcast_to(np.arange(n), (nq, n))
             order = np.argsort(-np.take_along_axis(probs, top, axis=1), axis=1, kind="stable")
             chosen = np.take_along_axis(top, order, axis=1)
+            if UNCLASSIFIED in self._parts:  # scanned by every query
+                chosen = np.concatenate([chosen, np.full((nq, 1), UNCLASSIFIED)], axis=1)
         width = chosen.shape[1]
         scores = np.full((nq, width * k), -np.inf, dtype=np.float32)
         labels = np.full((nq, width * k), -1, dtype=np.int64)
