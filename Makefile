@@ -4,13 +4,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cbir-installed
 
-.PHONY: setup demo test lint bench-extract bench-index eval-wang clean
+.PHONY: setup demo test lint serve bench-extract bench-index eval-wang clean
 
 setup: $(STAMP)
 
 # torch==2.13.0 first: pip takes the CPU build that lies on this machine's disk,
 # instead of resolving a multi-GB CUDA build for the export/dev extras.
 $(STAMP): pyproject.toml
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+	  || echo "no chromium: the browser tests will skip"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
@@ -18,6 +20,9 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/cbir demo --dir .demo
+
+serve: setup
+	$(BIN)/cbir serve
 
 lint: setup
 	$(BIN)/ruff check src tests bench

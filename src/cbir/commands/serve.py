@@ -1,0 +1,137 @@
+"""``cbir serve``: the web page and REST API over one collection (uvicorn + FastAPI).
+
+Binds 127.0.0.1 by default. Any other address needs an API token (``--token-file`` or
+``$CBIR_API_TOKEN``) for every mutating endpoint. Folders may only be indexed from the
+web under ``--allow-root`` folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+from cbir.errors import BackendUnavailable, InvalidRequest
+
+MiB = 1024 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def add_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; others need --token-file)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    s.add_argument("--collection", dest="serve_collection", type=Path, default=None, metavar="DIR",
+                   help="collection directory (same as the global --collection)")
+    s.add_argument("--allow-root", action="append", default=[], metavar="DIR", type=Path,
+                   help="a folder the web page may index (with its sub-folders); repeatable")
+    s.add_argument("--token-file", type=Path, default=None,
+                   help="file with API token hashes (see --create-token); also $CBIR_API_TOKEN")
+    s.add_argument("--create-token", type=Path, default=None, metavar="FILE",
+                   help="write a new token's hash to FILE, print the token once, and exit")
+    s.add_argument("--extractor", default=None,
+                   help="extractor for a collection the first indexing job creates")
+    s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest query upload (MB)")
+    s.add_argument("--max-pixels", type=int, default=50_000_000,
+                   help="refuse uploaded or thumbnailed images with more pixels than this")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--no-access-log", action="store_true", help="do not log every request")
+
+
+def register(sub: argparse._SubParsersAction, parser_class: type[argparse.ArgumentParser]) -> None:
+    """Add ``serve`` to the ``cbir`` parser."""
+    s = sub.add_parser("serve", help="web page and REST API (http://127.0.0.1:8000)")
+    add_arguments(s)
+    s.set_defaults(func=cmd_serve)
+
+
+def build_config(args: argparse.Namespace):
+    """The ServiceConfig for parsed arguments (checks roots, tokens and the bind address)."""
+    from cbir.collection import default_collection_dir
+    from cbir.service.config import LOOPBACK_HOSTS, ServiceConfig
+    from cbir.service.security import load_token_hashes
+
+    collection = args.serve_collection or getattr(args, "collection", None) or default_collection_dir()
+    roots = []
+    for r in args.allow_root:
+        if not r.is_dir():
+            raise InvalidRequest(f"--allow-root {r}: no such folder")
+        roots.append(r.resolve())
+    hashes = load_token_hashes(args.token_file)
+    loopback = is_loopback(args.host)
+    if not loopback and not hashes:
+        raise InvalidRequest(f"--host {args.host} lets other machines reach the server: give "
+                             "--token-file (make one with --create-token FILE) or set $CBIR_API_TOKEN")
+    if args.port < 0 or args.port > 65535:
+        raise InvalidRequest(f"--port must be 0..65535, got {args.port}")
+    if args.max_upload_mb <= 0 or args.max_pixels <= 0:
+        raise InvalidRequest("--max-upload-mb and --max-pixels must be positive")
+    if args.extractor:
+        from cbir.extract import EXTRACTORS
+
+        if args.extractor not in EXTRACTORS.names():
+            raise InvalidRequest(f"unknown --extractor {args.extractor!r}; choose one of: "
+                                 + ", ".join(EXTRACTORS.names()))
+    return ServiceConfig(collection=Path(collection), allow_roots=roots, token_hashes=hashes,
+                         extractor=args.extractor, max_upload_bytes=int(args.max_upload_mb * MiB),
+                         max_pixels=args.max_pixels,
+                         allowed_hosts=list(LOOPBACK_HOSTS) if loopback else None)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.create_token:
+        from cbir.service.security import write_token_file
+
+        try:
+            token = write_token_file(args.create_token)
+        except FileExistsError:
+            raise InvalidRequest(f"{args.create_token} exists; choose a new file") from None
+        print(token)
+        print(f"saved its hash to {args.create_token}; start with: cbir serve --token-file "
+              f"{args.create_token}  (send the token as 'Authorization: Bearer TOKEN')", file=sys.stderr)
+        return 0
+    try:
+        import uvicorn
+
+        from cbir.service import create_app
+    except ImportError as e:
+        raise BackendUnavailable(f"the web service needs the 'service' extra ({e.name} is missing): "
+                                 "pip install 'cbir[service]'") from None
+    config = build_config(args)
+    app = create_app(config)
+    where = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}"
+    print(f"cbir: serving {config.collection} on {where} (API docs at {where}/docs); "
+          f"indexable roots: {', '.join(map(str, config.allow_roots)) or 'none (use --allow-root)'}",
+          file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=5, server_header=False, access_log=not args.no_access_log)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cbir.commands.serve`` (the same options, plus --collection)."""
+    from cbir.errors import CbirError
+
+    p = argparse.ArgumentParser(prog="cbir serve", description=__doc__)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return cmd_serve(args)
+    except CbirError as e:
+        print(f"cbir: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

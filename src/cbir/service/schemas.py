@@ -1,0 +1,168 @@
+"""Pydantic models of the API's requests and responses (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from cbir.index import INDEXES
+
+#: the vector index backends a search may ask for
+IndexType = Enum("IndexType", {n.replace("-", "_"): n for n in INDEXES.names()}, type=str)  # type: ignore[misc]
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+JobKind = Literal["index", "clear", "rebuild", "train"]
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="machine-readable code, e.g. invalid_image")
+    detail: Any = Field(description="what went wrong and how to fix it")
+
+
+class Label(BaseModel):
+    label: str
+    prob: float
+
+
+class HitOut(BaseModel):
+    rank: int
+    id: int
+    path: str
+    name: str = Field(description="file name of the image")
+    similarity: float = Field(description="1 / (1 + Euclidean distance), 0..1")
+    distance: float
+    cosine: float
+    labels: list[Label] = []
+    tags: list[str] = []
+    image_url: str
+    thumbnail_url: str
+
+
+class SearchResponse(BaseModel):
+    query: dict[str, Any] = Field(description="what was searched: an upload or an image id")
+    k: int
+    index_type: str | None
+    collection_images: int = Field(description="images in the collection at search time")
+    took_ms: float
+    hits: list[HitOut]
+
+
+class ImageInfo(BaseModel):
+    id: int
+    path: str
+    name: str
+    width: int | None
+    height: int | None
+    size: int
+    labels: list[Label] = []
+    tags: list[str] = []
+    indexed_at: float
+    image_url: str
+    thumbnail_url: str
+
+
+class CollectionInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    exists: bool
+    collection: str
+    images: int = 0
+    errors: int = 0
+    extractor: str | None = None
+    index_type: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    collection_exists: bool
+    images: int
+    auth_required: bool
+    indexing_enabled: bool
+    training_available: bool
+    jobs_active: int
+
+
+class Roots(BaseModel):
+    roots: list[str]
+
+
+class IndexJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(min_length=1, max_length=4096,
+                      description="folder to index, inside an allowed root (relative = to the first)")
+    index_type: IndexType | None = Field(default=None, description="index for the collection "
+                                         "(default: keep the collection's setting)")
+    retry_errors: StrictBool = Field(default=False, description="try again files that failed before")
+
+
+class ClearRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    confirm: Literal[True] = Field(description="must be true: every image is removed from the collection")
+
+
+class RebuildRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    index_type: IndexType | None = Field(default=None, description="switch the index type while rebuilding")
+    rescan: StrictBool = Field(default=False, description="also re-index every folder indexed before")
+
+
+class TrainOptions(BaseModel):
+    """Hyper-parameters of cbir.train.TrainConfig that a web request may set."""
+
+    model_config = ConfigDict(extra="forbid")
+    head: Literal["linear", "mlp"] | None = None
+    hidden: int | None = Field(default=None, ge=1, le=65536)
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    epochs: int | None = Field(default=None, ge=1, le=10000)
+    patience: int | None = Field(default=None, ge=1, le=10000)
+    val_split: float | None = Field(default=None, ge=0.0, le=0.5)
+    batch_size: int | None = Field(default=None, ge=1, le=65536)
+    lr: float | None = Field(default=None, gt=0.0, le=10.0)
+    weight_decay: float | None = Field(default=None, ge=0.0, le=10.0)
+    balance: Literal["weights", "sampler", "none"] | None = None
+    monitor: Literal["val_loss", "val_acc"] | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    min_per_class: int | None = Field(default=None, ge=2, le=1_000_000)
+
+
+class TrainJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(min_length=1, max_length=4096, description="folder with one sub-folder per class")
+    name: str | None = Field(default=None, max_length=64,
+                             pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.[A-Za-z0-9_-])*\.?$",
+                             description="model name (default model-YYYYMMDD-HHMMSS)")
+    trained_by: str | None = Field(default=None, max_length=100, description="recorded in the model")
+    options: TrainOptions = Field(default_factory=lambda: TrainOptions(),
+                                  description="training settings (unset: cbir.train's defaults)")
+
+
+class ProblemFile(BaseModel):
+    path: str
+    reason: str
+
+
+class Job(BaseModel):
+    id: str
+    kind: JobKind
+    status: JobStatus
+    params: dict[str, Any]
+    done: int = Field(description="items processed so far")
+    total: int = Field(description="items to process (0 while unknown)")
+    percent: float = Field(description="0..100; 100 once the job succeeded")
+    message: str
+    errors: list[ProblemFile] = Field(description="files that failed (the first 200)")
+    error_count: int
+    result: dict[str, Any] | None
+    created: float
+    started: float | None
+    finished: float | None
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+
+
+class ModelList(BaseModel):
+    models: list[dict[str, Any]]
