@@ -77,8 +77,8 @@ def _is_utf8(path: str) -> bool:
         return False
 
 
-def plan(collection: Collection, roots: Iterable[Path], *, retry_errors: bool = False
-         ) -> tuple[list[FoundFile], list[str], list[tuple[str, str]], int]:
+def plan(collection: Collection, roots: Iterable[Path], *, retry_errors: bool = False,
+         follow_symlinks: bool = True) -> tuple[list[FoundFile], list[str], list[tuple[str, str]], int]:
     """Walk ``roots`` and compare with the catalog.
 
     Returns (files to process, catalog paths to remove, walker skips, unchanged count).
@@ -91,7 +91,7 @@ def plan(collection: Collection, roots: Iterable[Path], *, retry_errors: bool = 
         root_abs = _abspath(root)
         known = collection.catalog.file_states(under=root_abs)
         seen: set[str] = set()
-        for item in iter_files(Path(root_abs)):
+        for item in iter_files(Path(root_abs), follow_symlinks=follow_symlinks):
             if isinstance(item, SkippedFile):
                 skipped.append((item.path, item.reason))
                 continue
@@ -123,18 +123,20 @@ def index_paths(
     progress: bool = True,
     on_progress: ProgressFn | None = None,
     stop: threading.Event | None = None,
+    follow_symlinks: bool = True,
 ) -> IndexReport:
     """Bring the collection up to date with ``roots`` (folders or single files).
 
     The caller must hold the collection's writer lock. ``on_progress(done, total)`` is
     called after each result (for services); ``stop`` ends the run cleanly after the
-    current batch is committed.
+    current batch is committed. ``follow_symlinks=False`` ignores symbolic links (the
+    service uses it so that a link cannot reach files outside an allowed root).
     """
     t0 = time.perf_counter()
     roots = [Path(r) for r in roots]
     report = IndexReport()
-    todo, remove, report.skipped, report.unchanged = plan(collection, roots,
-                                                          retry_errors=retry_errors)
+    todo, remove, report.skipped, report.unchanged = plan(
+        collection, roots, retry_errors=retry_errors, follow_symlinks=follow_symlinks)
     catalog = collection.catalog
     known_states = {}
     for root in roots:

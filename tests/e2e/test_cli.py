@@ -255,3 +255,19 @@ def test_readonly_collection_dir_is_a_clear_error(capsys, photos, tmp_path):
     finally:
         ro.chmod(0o700)
         shutil.rmtree(ro)
+
+
+def test_links_can_be_ignored_so_nothing_outside_a_root_is_reached(tmp_path):
+    """The service indexes with follow_symlinks=False: a link to a file outside is not read."""
+    from cbir.collection import Collection
+    from cbir.indexing import index_paths
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    make_good_images(root, 2)
+    make_good_images(outside, 1)
+    (root / "link.jpg").symlink_to(next(outside.iterdir()))
+    with Collection.create_or_open(tmp_path / "c", "colorhist") as col, col.writer_lock():
+        rep = index_paths(col, [root], progress=False, follow_symlinks=False)
+        assert rep.added == 2 and not any("link" in r.path for r in col.catalog.iter_records())
+        rep = index_paths(col, [root], progress=False)  # the CLI default follows links
+        assert rep.added == 1

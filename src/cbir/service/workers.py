@@ -171,7 +171,8 @@ def index_folders(*, collection: str, folders: list[str], extractor: str | None 
                     progress(done, total, f"indexed {done} of {total} new or changed images in {folder}")
 
                 rep = index_paths(col, [Path(folder)], commit_every=commit_every, retry_errors=retry_errors,
-                                  progress=False, on_progress=on_progress, stop=stop)
+                                  progress=False, on_progress=on_progress, stop=stop,
+                                  follow_symlinks=False)
                 d = rep.as_dict()
                 for k in totals:
                     totals[k] += rep.processed if k == "processed" else d.get(k, 0)
