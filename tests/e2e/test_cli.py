@@ -268,6 +268,7 @@ def test_links_can_be_ignored_so_nothing_outside_a_root_is_reached(tmp_path):
     (root / "link.jpg").symlink_to(next(outside.iterdir()))
     with Collection.create_or_open(tmp_path / "c", "colorhist") as col, col.writer_lock():
         rep = index_paths(col, [root], progress=False, follow_symlinks=False)
-        assert rep.added == 2 and not any("link" in r.path for r in col.catalog.iter_records())
+        assert rep.added == 2
+        assert "link.jpg" not in {Path(r.path).name for r in col.catalog.iter_records()}
         rep = index_paths(col, [root], progress=False)  # the CLI default follows links
         assert rep.added == 1
