@@ -24,7 +24,7 @@ import numpy as np
 
 from cbir.collection import Collection
 from cbir.errors import InvalidRequest
-from cbir.search import Hit, Query, distance_from_cosine
+from cbir.search import Hit, Query, build_hits
 
 #: hashers whose fit() learns from tags, and the ones that need region features
 TAG_METHODS = {"wdht", "ws-dsh", "ws-hashnet", "idea", "idea-l", "idea-a"}
@@ -194,21 +194,6 @@ def hamming_search(col: Collection, name: str, query: Query, *, k: int = 10, rer
     cos = {int(i): float(f @ query.vector) for i, f in zip(order_ids, feats, strict=True)}
     if rerank:
         pairs = sorted(pairs[:rerank], key=lambda p: -cos.get(p[1], -2.0))
-    recs = col.catalog.records([i for _, i in pairs])
-    hits: list[Hit] = []
-    for ham, i in pairs:
-        rec = recs.get(i)
-        if rec is None or i not in cos:
-            continue
-        c = min(1.0, max(-1.0, cos[i]))
-        d = distance_from_cosine(c)
-        sim = 1.0 / (1.0 + d)
-        if sim < min_similarity:
-            continue
-        hits.append(Hit(rank=len(hits) + 1, id=i, path=rec.path, distance=round(d, 6),
-                        similarity=round(sim, 6), cosine=round(c, 6), labels=rec.labels,
-                        tags=rec.tags, hamming=ham))
-        if len(hits) == k:
-            break
-    return hits
+    return build_hits(col, [(i, cos[i], ham) for ham, i in pairs if i in cos], k=k,
+                      min_similarity=min_similarity)
 

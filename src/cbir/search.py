@@ -135,9 +135,16 @@ def search(collection: Collection, query: Query, *, k: int = 10, min_similarity:
     scores, ids = idx.search(query.vector[None, :].astype(np.float32), want, **kw)
     pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True)
              if i >= 0 and int(i) not in query.exclude]
-    recs = collection.catalog.records([i for _, i in pairs])
+    return build_hits(collection, [(i, cos, None) for cos, i in pairs], k=k,
+                      min_similarity=min_similarity)
+
+
+def build_hits(collection: Collection, ranked: Sequence[tuple[int, float, int | None]], *,
+               k: int, min_similarity: float = 0.0) -> list[Hit]:
+    """Ranked (id, cosine, hamming or None) -> up to k Hits, skipping ids no longer 'ok'."""
+    recs = collection.catalog.records([i for i, _, _ in ranked])
     hits: list[Hit] = []
-    for cos, i in pairs:
+    for i, cos, ham in ranked:
         rec = recs.get(i)
         if rec is None or rec.status != "ok":  # removed since the index was synced
             continue
@@ -148,7 +155,7 @@ def search(collection: Collection, query: Query, *, k: int = 10, min_similarity:
             continue
         hits.append(Hit(rank=len(hits) + 1, id=i, path=rec.path, distance=round(d, 6),
                         similarity=round(sim, 6), cosine=round(cos, 6), labels=rec.labels,
-                        tags=rec.tags))
+                        tags=rec.tags, hamming=ham))
         if len(hits) == k:
             break
     return hits
