@@ -9,12 +9,20 @@ Typical flow::
     fit = fit_fusion_weights(components, labels, groups, has_text)   # on a validation split
     scorer = SceneScorer(context, fit.weights)
     scores = scorer.score(["beach", "sunset"], vis_s, vis_m, txt_s, txt_m, has_text)  # (n,)
+
+The posteriors come from the concept classifiers (torch to train, numpy to run)::
+
+    visual = train_visual_concepts(features, vocab.encode(labels), vocab.itemset_targets(sets))
+    vis_s, vis_m = visual.predict(features)
+    text = train_text_concepts(tag_lists, vectors, single_targets, multi_targets)
+    txt_s, txt_m, has_text = text.predict(tag_lists, vectors)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from cbir.concepts.classifiers import ConceptHeads, mean_average_precision, train_visual_concepts
 from cbir.concepts.context import K_RC, ConceptContext, QueryContext
 from cbir.concepts.fusion import (
     FusionResult,
@@ -34,6 +42,7 @@ from cbir.concepts.relevance import (
     relevance_components,
     single_relevance,
 )
+from cbir.concepts.sentence_cnn import TextConceptHeads, encode_tags, train_text_concepts
 from cbir.concepts.tag_vectors import (
     TAG_VECTORS,
     TagVectors,
@@ -54,24 +63,28 @@ __all__ = [
     "TAG_VECTORS",
     "UNIFORM_WEIGHTS",
     "ConceptContext",
+    "ConceptHeads",
     "ConceptVocabulary",
     "FusionResult",
     "QueryContext",
     "SceneScorer",
     "TagCleaner",
     "TagVectors",
+    "TextConceptHeads",
     "VisualnessStats",
     "balanced_concept_weights",
     "build_vocabulary",
     "check_weights",
     "clean_tags",
     "create_tag_vectors",
+    "encode_tags",
     "filter_visual_tags",
     "fit_fusion_weights",
     "frequent_itemsets",
     "fuse",
     "log_likelihood",
     "log_likelihood_and_grad",
+    "mean_average_precision",
     "mean_tanimoto",
     "multi_concept_softmax_loss",
     "multi_relevance",
@@ -83,6 +96,8 @@ __all__ = [
     "tanimoto",
     "tanimoto_matrix",
     "to_concept_matrix",
+    "train_text_concepts",
+    "train_visual_concepts",
     "visualness_scores",
     "visualness_stats",
 ]
