@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cbir.concepts.relevance import UNIFORM_WEIGHTS, check_weights, fuse
+from cbir.concepts.relevance import check_weights, fuse
 from cbir.errors import InvalidRequest
 
 EPS = 1e-12
@@ -148,6 +148,7 @@ def fit_fusion_weights(
     tol: float = 1e-10,
     step: float = 1.0,
     eps: float = EPS,
+    active: np.ndarray | None = None,
 ) -> FusionResult:
     """Maximise eq. 18 over the simplex by projected gradient ascent with backtracking.
 
@@ -155,17 +156,29 @@ def fit_fusion_weights(
     (query, image) pair); labels: ``(n,)`` 0/1; groups: ``(n,)`` query ids (None: one
     query); has_text: ``(n,)`` bool (None: all tagged). Stops when an accepted step moves
     the weights by less than ``tol`` (L1) or raises the objective by less than ``tol``.
+    active: ``(4,)`` bool, the weights that may be non-zero (None: all). The others stay 0,
+    e.g. ``[True, False, True, False]`` fits a model without the multi-concept heads, and
+    ``[True, True, False, False]`` a visual-only one. The default start is then uniform
+    over the active weights.
     """
     comp, y, mask = _prepare(components, labels, has_text)
     sw = sample_weights(y, groups)
-    w = check_weights(UNIFORM_WEIGHTS if init is None else init)
+    act = np.ones(4, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+    if act.shape != (4,) or not act.any():
+        raise InvalidRequest("active must be 4 booleans with at least one True")
+    if init is None:
+        init = act / act.sum()
+    w = check_weights(init)
+    if (w[~act] != 0).any():
+        raise InvalidRequest("init gives weight to a component that is not active")
     value, grad = _value_grad(w, comp, y, mask, sw, eps)
     curve = [value]
     t = step
     converged = False
     for _ in range(max_iter):
         while True:
-            cand = project_simplex(w + t * grad)
+            cand = np.zeros(4)
+            cand[act] = project_simplex((w + t * grad)[act])
             move = cand - w
             if np.abs(move).sum() < tol:
                 break
