@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
 
 #: modules under cbir.commands whose ``register(sub, parser_class)`` adds sub-commands
-COMMAND_MODULES: list[str] = ["train", "serve"]
+COMMAND_MODULES: list[str] = ["train", "serve", "concepts"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -410,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", "-q", action="store_true")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval_hashing)
+
+    from cbir.commands.concepts import add_eval_parser
+
+    add_eval_parser(esub)
 
     s = sub.add_parser("demo", help="index scikit-image's sample photos and run a search")
     s.add_argument("--dir", default=".demo", help="where to put the photos and the collection")

@@ -1,0 +1,229 @@
+"""``cbir concepts``, ``cbir scene`` and ``cbir tags``: search by combinations of concepts (SSIR).
+
+```
+cbir concepts train [--vocab keywords|folders] [--name scenes] [--vectors glove|word2vec|minilm|none]
+cbir concepts list | show [NAME] | delete NAME
+cbir scene "sky water boats" [-k 20] [--model NAME] [--json]
+cbir tags photo.jpg [more.jpg ...] [--top 10] [--json]
+cbir eval scenes corel5k [--settings visual,noisy-tags] [--k-rc 2,4,8,16] [--out F.json]
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from cbir.cli import _positive_int, _print_json
+
+EXIT_OK = 0
+
+
+def _log(args: argparse.Namespace) -> Any:
+    return (lambda m: None) if getattr(args, "quiet", False) else (lambda m: print(m, file=sys.stderr))
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from cbir.collection import Collection
+
+    return Collection.open(args.collection)
+
+
+def cmd_concepts_train(args: argparse.Namespace) -> int:
+    from cbir.scenes import train_concepts
+
+    with _open(args) as col:
+        model = train_concepts(col, name=args.name, vocab=args.vocab, vectors=args.vectors,
+                               overwrite=args.overwrite, log=_log(args), min_count=args.min_count,
+                               max_size=args.max_size, min_support=args.min_support, k_rc=args.k_rc,
+                               seed=args.seed)
+    summary = {"name": model.name, "concepts": len(model.concepts),
+               "concept_sets": model.vocabulary.n_itemsets, "text_branch": model.text is not None,
+               "weights": [round(float(w), 4) for w in model.weights], "k_rc": model.k_rc,
+               "train_seconds": model.meta.get("train_seconds")}
+    if args.json:
+        _print_json(summary)
+    else:
+        w = summary["weights"]
+        print(f"concept model {model.name!r}: {summary['concepts']} concepts, {summary['concept_sets']} "
+              f"concept sets, text branch {'yes' if summary['text_branch'] else 'no (no usable tags)'}; "
+              f"fusion a = ({', '.join(f'{x:.3f}' for x in w)}); {summary['train_seconds']} s")
+    return EXIT_OK
+
+
+def cmd_concepts_list(args: argparse.Namespace) -> int:
+    from cbir.scenes import list_concept_models
+
+    with _open(args) as col:
+        rows = list_concept_models(col)
+    if args.json:
+        _print_json(rows)
+    elif not rows:
+        print("no concept model; train one with `cbir concepts train`")
+    else:
+        for r in rows:
+            if "error" in r:
+                print(f"{r['name']}: unreadable: {r['error']}")
+                continue
+            print(f"{r['name']}: {r['concepts']} concepts ({r['vocab']}), {r['concept_sets']} concept sets, "
+                  f"text {'yes' if r['text_branch'] else 'no'}, K_rc {r['k_rc']}, trained {r['trained_at']}")
+    return EXIT_OK
+
+
+def cmd_concepts_show(args: argparse.Namespace) -> int:
+    from cbir.scenes import load_concept_model
+
+    with _open(args) as col:
+        m = load_concept_model(col, args.name)
+    info = {"name": m.name, "vocab": m.meta.get("vocab"), "k_rc": m.k_rc,
+            "weights": dict(zip(m.meta.get("components", []), [float(w) for w in m.weights], strict=False)),
+            "text_branch": m.text is not None, "tag_vectors": m.tag_vectors,
+            "concepts": {c: int(n) for c, n in zip(m.concepts, m.vocabulary.concept_counts, strict=True)},
+            "concept_sets": m.vocabulary.n_itemsets, "trained_at": m.meta.get("trained_at"),
+            "fusion": m.meta.get("fusion", {}).get("queries")}
+    if args.json:
+        _print_json(info)
+    else:
+        print(f"{m.name}: {len(m.concepts)} concepts from {info['vocab']}, "
+              f"{info['concept_sets']} concept sets, K_rc {m.k_rc}, text branch "
+              f"{'yes (' + str(m.tag_vectors) + ')' if m.text else 'no'}")
+        print("fusion weights: " + ", ".join(f"{k} {v:.3f}" for k, v in info["weights"].items()))
+        print("concepts (training images): " + ", ".join(f"{c} ({n})" for c, n in info["concepts"].items()))
+    return EXIT_OK
+
+
+def cmd_concepts_delete(args: argparse.Namespace) -> int:
+    from cbir.errors import InvalidRequest
+    from cbir.scenes import delete_concept_model
+
+    with _open(args) as col:
+        if not delete_concept_model(col, args.name):
+            raise InvalidRequest(f"no concept model named {args.name!r}")
+    print(f"deleted concept model {args.name!r}")
+    return EXIT_OK
+
+
+def cmd_scene(args: argparse.Namespace) -> int:
+    from cbir.scenes import scene_search
+
+    with _open(args) as col:
+        res = scene_search(col, " ".join(args.query), k=args.k, model_name=args.model)
+    if args.json:
+        _print_json(res.as_dict())
+        return EXIT_OK
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"scene: {' + '.join(res.query)}  (model {res.model})")
+    for h in res.hits:
+        ev = "  ".join(f"{c} {e['visual']:.2f}" + (f"/{e['text']:.2f}" if e["text"] is not None else "")
+                       for c, e in h.evidence.items())
+        print(f"{h.rank:>3}  {h.score:.4f}  {h.path}  [{ev}]")
+    return EXIT_OK
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    from cbir.scenes import predict_concepts
+
+    with _open(args) as col:
+        rows = predict_concepts(col, [Path(p) for p in args.images], model_name=args.model, top=args.top,
+                                min_probability=args.min_probability)
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    for r in rows:
+        print(r["path"] + (f"  (tags read: {', '.join(r['tags_read'])})" if r["tags_read"] else ""))
+        for c in r["concepts"]:
+            print(f"  {c['probability']:.3f}  {c['concept']}")
+    return EXIT_OK
+
+
+def cmd_eval_scenes(args: argparse.Namespace) -> int:
+    from cbir.eval.hashing_benchmark import write_json
+    from cbir.eval.scenes import run
+
+    result = run(args.dataset, args.root or Path(".data") / args.dataset,
+                 settings=[s for s in args.settings.split(",") if s], k_rcs=args.k_rc,
+                 per_size=args.queries, seed=args.seed, vectors=args.vectors, log=_log(args),
+                 progress=not args.quiet)
+    if args.out:
+        write_json(result, args.out)
+    if args.json:
+        _print_json(result)
+    else:
+        for setting, table in result["tables"].items():
+            s = result["settings"][setting]
+            print(f"\n== {args.dataset}, setting {setting}: MAP by query length "
+                  f"({s['vocabulary']['concepts']} concepts, {s['vocabulary']['itemsets']} concept sets) ==")
+            print(table)
+    return EXIT_OK
+
+
+def _ints(text: str) -> list[int]:
+    return [_positive_int(x) for x in text.split(",") if x]
+
+
+def add_eval_parser(esub: Any) -> None:
+    """``cbir eval scenes`` (called by cli.py, which owns the ``eval`` group)."""
+    from cbir.eval.scenes import SETTINGS
+
+    e = esub.add_parser("scenes", help="the SSIR paper's MAP table by query length (1-4 concepts)")
+    e.add_argument("dataset", choices=["corel5k"])
+    e.add_argument("--root", type=Path, default=None, help="the extracted dataset (default .data/DATASET)")
+    e.add_argument("--settings", default=",".join(SETTINGS),
+                   help="visual (the real data) and/or noisy-tags (simulated user tags); comma-separated")
+    e.add_argument("--k-rc", type=_ints, default=[2, 4, 8, 16], help="K_rc values for the ablation")
+    e.add_argument("--queries", type=_positive_int, default=500, help="random queries per length 2-4")
+    e.add_argument("--vectors", choices=["glove", "word2vec", "minilm"], default="glove")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", type=Path, default=None, help="write all numbers as JSON here")
+    e.add_argument("--quiet", "-q", action="store_true")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval_scenes)
+
+
+def register(sub: Any, parser_class: Any) -> None:
+    s = sub.add_parser("concepts", help="concept models for scene queries (train, list, show, delete)")
+    csub = s.add_subparsers(dest="concepts_command", required=True, parser_class=parser_class)
+    c = csub.add_parser("train", help="learn concept classifiers, the co-occurrence context and the "
+                        "fusion weights from the collection's tags (or folder names)")
+    c.add_argument("--vocab", choices=["keywords", "folders"], default="keywords",
+                   help="concepts: the images' cleaned tags (keywords) or their folder names")
+    c.add_argument("--name", default="scenes")
+    c.add_argument("--vectors", choices=["glove", "word2vec", "minilm", "none"], default="glove",
+                   help="tag vectors for the text branch and for synonyms in queries")
+    c.add_argument("--min-count", type=_positive_int, default=2, help="images a concept needs (default 2)")
+    c.add_argument("--max-size", type=_positive_int, default=4, help="largest concept set in V* (t)")
+    c.add_argument("--min-support", type=_positive_int, default=3, help="images a concept set needs (s)")
+    c.add_argument("--k-rc", type=_positive_int, default=8, help="size of the query context R_rc")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--quiet", "-q", action="store_true")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_concepts_train)
+    c = csub.add_parser("list", help="the collection's concept models")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_concepts_list)
+    c = csub.add_parser("show", help="a model's concepts, fusion weights and settings")
+    c.add_argument("name", nargs="?", default=None)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_concepts_show)
+    c = csub.add_parser("delete", help="delete a concept model")
+    c.add_argument("name")
+    c.set_defaults(func=cmd_concepts_delete)
+
+    s = sub.add_parser("scene", help="images that show ALL the given concepts, best first")
+    s.add_argument("query", nargs="+", help='concepts, e.g. "sky water boats" or "sky, water, boat"')
+    s.add_argument("-k", type=_positive_int, default=20)
+    s.add_argument("--model", default=None, help="concept model name (default: the only one / 'scenes')")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_scene)
+
+    s = sub.add_parser("tags", help="predicted concepts with probabilities for image files")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--model", default=None)
+    s.add_argument("--top", type=_positive_int, default=10)
+    s.add_argument("--min-probability", type=float, default=0.0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_tags)
