@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,29 @@ def test_health_collection_roots_docs(client, coll, roots):
     assert page.status_code == 200 and "cbir" in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert client.get("/static/app.js").status_code == 200
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_only_local_files(client, page):
+    pytest.importorskip("fastapi_offline", reason="the service extra's fastapi-offline serves the docs files")
+    r = client.get(page)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    # nothing from another site: no absolute URL anywhere, and the CSP forbids loading one
+    assert "http:" not in r.text and "https:" not in r.text and "//cdn" not in r.text
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "script-src 'self'" in csp and "http" not in csp
+    urls = re.findall(r'(?:src|href|spec-url)="([^"]+)"', r.text) + re.findall(r"url: '([^']+)'", r.text)
+    assert "/openapi.json" in urls
+    assets = [u for u in urls if u != "/openapi.json"]
+    assert assets and all(u.startswith("/docs-assets/") for u in assets), urls
+    for url in urls:
+        got = client.get(url)
+        assert got.status_code == 200 and len(got.content) > 1000, url
+    if page == "/docs":
+        assert {"/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"} <= set(assets)
+        assert client.get("/docs/oauth2-redirect").status_code == 200
+    else:
+        assert "/docs-assets/redoc.standalone.js" in assets
 
 
 def test_search_upload_finds_the_same_image_first(client, roots):

@@ -223,3 +223,52 @@ def test_maintenance_clear_and_rebuild(page, server):
     sync_api.expect(page.locator("#maint-status")).to_contain_text("clear: succeeded", timeout=60_000)
     sync_api.expect(page.locator("#stats")).to_contain_text("0 images")
     shot(page, "maintenance.png")
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_api_docs_render_without_network(browser, server, path):
+    """Swagger UI and ReDoc come from the server itself: every request off it is refused."""
+    pytest.importorskip("fastapi_offline", reason="the service extra's fastapi-offline serves the docs files")
+    ctx = browser.new_context(viewport={"width": 1100, "height": 800})
+    origin = server["url"]
+    requested: list[str] = []
+    blocked: list[str] = []
+
+    def only_local(route) -> None:
+        url = route.request.url
+        requested.append(url)
+        if url.startswith(origin + "/") or url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            blocked.append(url)
+            route.abort()
+
+    ctx.route("**/*", only_local)
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        pg.goto(origin + path)
+        if path == "/docs":
+            ops = pg.locator(".swagger-ui .opblock")
+            sync_api.expect(ops.first).to_be_visible(timeout=20_000)
+            sync_api.expect(pg.locator(".swagger-ui .info .title")).to_contain_text("cbir")
+            search = pg.locator("#operations-search-search_upload_api_search_post")
+            sync_api.expect(search).to_be_visible()
+            assert ops.count() >= 15, f"only {ops.count()} operations rendered"
+            # an operation opens and shows its parameters (the UI works, not only the HTML)
+            search.locator(".opblock-summary").first.click()
+            sync_api.expect(search.locator(".opblock-body")).to_contain_text("file")
+        else:
+            sync_api.expect(pg.locator("h1").first).to_contain_text("cbir", timeout=20_000)
+            sync_api.expect(pg.locator("[data-section-id^='operation/']").first).to_be_attached()
+            assert pg.locator("[data-section-id^='operation/']").count() >= 15
+        shot(pg, f"api{path.replace('/', '-')}.png")
+    finally:
+        ctx.close()
+    assert not blocked, f"the docs page tried to reach other sites: {blocked}"
+    assert any(u.endswith("/openapi.json") for u in requested)
+    # ReDoc's sidebar shows Redocly's logo from their CDN: the page's CSP blocks it (no request is sent)
+    errors = [e for e in errors if not ("cdn.redoc.ly" in e and "Content Security Policy" in e)]
+    assert not errors, f"errors on {path}: {errors}"
