@@ -44,6 +44,15 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest query upload (MB)")
     s.add_argument("--max-pixels", type=int, default=50_000_000,
                    help="refuse uploaded or thumbnailed images with more pixels than this")
+    s.add_argument("--request-threads", type=int, default=None, metavar="N",
+                   help="requests handled at once (default: one per core, at least 2; "
+                   "$CBIR_REQUEST_THREADS)")
+    s.add_argument("--job-nice", type=int, default=None, metavar="0-19",
+                   help="niceness of the indexing/training process (default 19: searches first; "
+                   "$CBIR_JOB_NICE)")
+    s.add_argument("--job-cpus", type=int, default=None, metavar="N",
+                   help="CPUs the indexing/training process may use, 0 = all (default: all but one, "
+                   "so searches keep a core; $CBIR_JOB_CPUS)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.add_argument("--no-access-log", action="store_true", help="do not log every request")
 
@@ -76,6 +85,17 @@ def build_config(args: argparse.Namespace):
         raise InvalidRequest(f"--port must be 0..65535, got {args.port}")
     if args.max_upload_mb <= 0 or args.max_pixels <= 0:
         raise InvalidRequest("--max-upload-mb and --max-pixels must be positive")
+    request_threads = getattr(args, "request_threads", None)
+    job_nice = getattr(args, "job_nice", None)
+    job_cpus = getattr(args, "job_cpus", None)
+    if request_threads is not None and request_threads < 1:
+        raise InvalidRequest(f"--request-threads must be at least 1, got {request_threads}")
+    if job_nice is not None and not 0 <= job_nice <= 19:
+        raise InvalidRequest(f"--job-nice must be 0..19, got {job_nice}")
+    if job_cpus is not None and job_cpus < 0:
+        raise InvalidRequest(f"--job-cpus must be 0 (all) or more, got {job_cpus}")
+    tuning = {k: v for k, v in (("request_threads", request_threads), ("job_nice", job_nice),
+                                ("job_cpus", job_cpus)) if v is not None}
     if args.extractor:
         from cbir.extract import EXTRACTORS
 
@@ -85,7 +105,7 @@ def build_config(args: argparse.Namespace):
     return ServiceConfig(collection=Path(collection), allow_roots=roots, token_hashes=hashes,
                          extractor=args.extractor, max_upload_bytes=int(args.max_upload_mb * MiB),
                          max_pixels=args.max_pixels,
-                         allowed_hosts=list(LOOPBACK_HOSTS) if loopback else None)
+                         allowed_hosts=list(LOOPBACK_HOSTS) if loopback else None, **tuning)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

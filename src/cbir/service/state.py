@@ -5,7 +5,10 @@ connection, see ``Readers``). The vector index is shared: ``IndexCache`` keeps o
 immutable snapshot per index type, built from committed catalog rows only, and swaps in
 a new snapshot when the catalog's generation moves on; a search keeps the snapshot it
 started with, so readers never see a half-built index and never wait for the writer.
-Writes (indexing, clear, rebuild, training) run one at a time in the job worker.
+A new snapshot costs only the rows committed since the last one (``LayeredIndex``); while
+a job writes it is made in the background, so no search waits for it either.
+Writes (indexing, clear, rebuild, training) run one at a time in the job worker, whose
+process runs niced and on all but one core (``ServiceConfig.job_nice``, ``job_cpus``).
 """
 
 from __future__ import annotations
@@ -17,16 +20,18 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
-from cbir.collection import Collection
+from cbir.collection import AUTO, Collection
 from cbir.errors import CollectionError, InvalidRequest
 from cbir.extract import FeatureExtractor, create_extractor
-from cbir.index import VectorIndex
+from cbir.index import VectorIndex, choose_index
+from cbir.index.base import as_vectors, check_k, isin_sorted, top_k
 from cbir.io.images import load_image
 from cbir.service import workers
 from cbir.service.config import ServiceConfig
@@ -47,11 +52,11 @@ SERVICE_LOCK = "service.lock"
 class ReaderCollection(Collection):
     """A request's view of the collection: its index is the pinned shared snapshot."""
 
-    pinned: VectorIndex | None = None
+    pinned: VectorIndex | LayeredIndex | None = None
 
     def index(self, kind: str | None = None, *, persist: bool = True) -> VectorIndex:
         if self.pinned is not None:
-            return self.pinned
+            return self.pinned  # type: ignore[return-value]  # a LayeredIndex searches like one
         return super().index(kind, persist=False)
 
 
@@ -119,15 +124,87 @@ class Readers:
         self._local = threading.local()
 
 
+#: vectors committed since a snapshot's base index was built are searched by brute force (a
+#: "tail"); past this many bytes of them, or GONE_MAX removed ids, the next refresh builds a new base
+TAIL_MAX_BYTES = 16 * 1024 * 1024
+GONE_MAX = 256
+
+
+class LayeredIndex:
+    """An immutable search view: a base index, plus the vectors committed since it was built
+    (searched exactly), minus the ids removed since. Quacks like the VectorIndex searches use."""
+
+    def __init__(self, base: VectorIndex, tail_ids: np.ndarray, tail: np.ndarray, gone: np.ndarray):
+        self.base = base
+        self.name, self.dim, self.params = base.name, base.dim, base.params
+        self._tail_ids, self._tail, self._gone = tail_ids, tail, gone
+        self._n = len(base) + len(tail_ids) - len(gone)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __repr__(self) -> str:
+        return f"LayeredIndex({self.base!r}, tail={len(self._tail_ids)}, gone={len(self._gone)})"
+
+    def ids(self) -> np.ndarray:
+        both = np.union1d(self.base.ids(), self._tail_ids)
+        return np.setdiff1d(both, self._gone, assume_unique=True)
+
+    def search(self, queries: np.ndarray, k: int, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
+        q = as_vectors(queries, self.dim, what="queries")
+        k = check_k(k)
+        scores, ids = self.base.search(q, k + len(self._gone), **kw)
+        if len(self._tail_ids):
+            tail_scores = q @ self._tail.T  # BLAS, without the GIL
+            scores = np.concatenate([scores, tail_scores], axis=1)
+            ids = np.concatenate([ids, np.broadcast_to(self._tail_ids, tail_scores.shape)], axis=1)
+        if len(self._gone):
+            ids = np.where(isin_sorted(self._gone, ids), -1, ids)
+        return top_k(scores, ids, k)
+
+
+class _TailBuffer:
+    """Append-only vectors: snapshots keep views of a prefix, which later appends never touch."""
+
+    def __init__(self, dim: int):
+        self.ids = np.empty(0, dtype=np.int64)
+        self.vecs = np.empty((0, dim), dtype=np.float32)
+        self.n = 0
+
+    def append(self, ids: np.ndarray, vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        need = self.n + len(ids)
+        if need > len(self.ids):  # a new, larger buffer; older snapshots keep the old one
+            cap = max(need, 2 * len(self.ids), 256)
+            new_ids = np.empty(cap, dtype=np.int64)
+            new_vecs = np.empty((cap, self.vecs.shape[1]), dtype=np.float32)
+            new_ids[:self.n], new_vecs[:self.n] = self.ids[:self.n], self.vecs[:self.n]
+            self.ids, self.vecs = new_ids, new_vecs
+        self.ids[self.n:need], self.vecs[self.n:need] = ids, vecs
+        self.n = need
+        return self.ids[:need], self.vecs[:need]
+
+
 @dataclass
 class _Snapshot:
-    index: VectorIndex
+    index: VectorIndex | LayeredIndex
     generation: int
     built: float
+    base: VectorIndex
+    #: the largest catalog id the snapshot holds (ids only grow: newer rows have larger ids)
+    max_id: int = 0
+    tail: _TailBuffer | None = None
+    gone: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 class IndexCache:
-    """Immutable index snapshots per index type, refreshed from the catalog."""
+    """Immutable index snapshots per index type, refreshed from the catalog.
+
+    A refresh is incremental: the rows committed since the last one are appended to the
+    snapshot's tail (read once, searched exactly), rows removed since are filtered out; only
+    a large tail, many removals or a change of index type build a new base index. While a
+    job writes, searches never wait for a refresh: it runs in a background thread at most
+    every ``refresh_seconds`` and searches keep the previous snapshot meanwhile.
+    """
 
     def __init__(self, readers: Readers, refresh_seconds: float, writer_busy: Any):
         self.readers = readers
@@ -136,37 +213,101 @@ class IndexCache:
         self._snaps: dict[str, _Snapshot] = {}
         self._builders: dict[str, ReaderCollection] = {}
         self._build = threading.Lock()
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
+        #: full (base) builds and incremental refreshes so far, for tests and metrics
+        self.full_builds = 0
+        self.refreshes = 0
 
-    def get(self, reader: Collection, kind: str | None) -> VectorIndex:
+    def get(self, reader: Collection, kind: str | None) -> VectorIndex | LayeredIndex:
         """The newest snapshot for ``kind`` (None: the collection's own index type).
 
-        A stale snapshot is served while another thread builds the next one, and, while a
-        job keeps committing, for up to ``refresh_seconds`` after the last build.
+        While a job keeps committing, a stale snapshot is served (refreshed in the background
+        at most every ``refresh_seconds``); otherwise a stale one is refreshed first.
         """
         key = kind or ""
         generation = reader.catalog.generation()
         snap = self._snaps.get(key)
         if snap is not None and snap.generation >= generation:
             return snap.index
-        if snap is not None:
-            recent = time.monotonic() - snap.built < self.refresh_seconds
-            if (recent and self.writer_busy()) or not self._build.acquire(blocking=False):
-                return snap.index
-        else:
-            self._build.acquire()
-        try:
-            snap = self._snaps.get(key)
-            if snap is not None and snap.generation >= generation:
-                return snap.index
-            builder = self._builders.get(key)
-            if builder is None:
-                builder = self._builders[key] = self.readers.open()
-            gen = builder.catalog.generation()
-            idx = builder.index(kind)
-            self._snaps[key] = _Snapshot(idx, gen, time.monotonic())
-            return idx
-        finally:
-            self._build.release()
+        if snap is not None and self.writer_busy():
+            if time.monotonic() - snap.built >= self.refresh_seconds:
+                self._refresh_later(key, kind)
+            return snap.index
+        with self._build:
+            return self._refresh(key, kind).index
+
+    def _refresh_later(self, key: str, kind: str | None) -> None:
+        with self._pending_lock:
+            if key in self._pending:
+                return
+            self._pending.add(key)
+
+        def run() -> None:
+            try:
+                with self._build:
+                    self._refresh(key, kind)
+            except Exception:  # noqa: BLE001 - the next search tries again (or builds in its thread)
+                log.exception("refreshing the %s index snapshot failed", kind or "default")
+            finally:
+                with self._pending_lock:
+                    self._pending.discard(key)
+
+        threading.Thread(target=run, name="cbir-index-refresh", daemon=True).start()
+
+    def _refresh(self, key: str, kind: str | None) -> _Snapshot:
+        """Bring the snapshot of ``key`` up to date; the caller holds ``_build``."""
+        builder = self._builders.get(key)
+        if builder is None:
+            builder = self._builders[key] = self.readers.open()
+        generation = builder.catalog.generation()
+        snap = self._snaps.get(key)
+        if snap is not None and snap.generation >= generation:
+            return snap
+        self.refreshes += 1
+        snap = self._incremental(builder, snap, kind) if snap is not None else None
+        if snap is None:
+            self.full_builds += 1
+            base = builder.index(kind)
+            ids = base.ids()
+            snap = _Snapshot(base, generation, time.monotonic(), base, int(ids[-1]) if len(ids) else 0)
+        snap.generation = generation
+        self._snaps[key] = snap
+        return snap
+
+    def _incremental(self, builder: ReaderCollection, snap: _Snapshot, kind: str | None) -> _Snapshot | None:
+        """``snap`` plus the rows committed since; None when a new base index is needed."""
+        cat = builder.catalog
+        n_ok = cat.count("ok")
+        wanted = kind or builder.requested_index()
+        target = choose_index(n_ok) if wanted == AUTO else wanted
+        if target != snap.base.name or target == "class-partitioned":
+            return None  # another backend now, or one whose searches need the classes of every row
+        dim = snap.base.dim
+        rows = cat.db.execute("SELECT id, feature FROM images WHERE status='ok' AND id > ? ORDER BY id",
+                              (snap.max_id,)).fetchall()
+        if any(r[1] is None or len(r[1]) != 2 * dim for r in rows):
+            return None
+        new_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        new = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f2").reshape(-1, dim).astype(np.float32)
+        gone = snap.gone
+        if n_ok != len(snap.index) + len(new_ids):  # rows were removed (or replaced) meanwhile
+            have = np.union1d(snap.index.ids(), new_ids)
+            want = cat.ok_ids()
+            if len(np.setdiff1d(want, have, assume_unique=True)):
+                return None  # rows we did not see as new (a commit between the two reads): rebuild
+            gone = np.union1d(gone, np.setdiff1d(have, want, assume_unique=True))
+        tail = snap.tail or _TailBuffer(dim)
+        if (tail.n + len(new_ids)) * dim * 4 > TAIL_MAX_BYTES or len(gone) > GONE_MAX:
+            return None
+        if not len(new_ids) and len(gone) == len(snap.gone):
+            return _Snapshot(snap.index, snap.generation, time.monotonic(), snap.base, snap.max_id,
+                             snap.tail, snap.gone)
+        tail_ids, tail_vecs = tail.append(new_ids, new) if len(new_ids) else (
+            tail.ids[:tail.n], tail.vecs[:tail.n])
+        index = LayeredIndex(snap.base, tail_ids, tail_vecs, gone)
+        max_id = int(new_ids[-1]) if len(new_ids) else snap.max_id
+        return _Snapshot(index, snap.generation, time.monotonic(), snap.base, max_id, tail, gone)
 
     def invalidate(self) -> None:
         """Forget every snapshot (after a rebuild or a change of index type)."""
@@ -208,8 +349,9 @@ class ServiceState:
         self.readers = Readers(self.directory)
         self.store: JobStore | None = None
         self.runner: JobRunner | None = None
-        self.index_cache = IndexCache(self.readers, config.index_refresh_seconds,
-                                      lambda: self.runner is not None and self.runner.busy)
+        #: job steps writing to the catalog right now (searches then never wait for a refresh)
+        self._writing = 0
+        self.index_cache = IndexCache(self.readers, config.index_refresh_seconds, lambda: self._writing > 0)
         self._lock_fd: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -257,10 +399,15 @@ class ServiceState:
 
     def _work(self, ctx: JobContext, function: str, **kwargs: Any) -> Any:
         """Run ``cbir.service.workers.<function>`` in a child process (or this thread)."""
-        if self.config.isolate_jobs:
-            return workers.run_in_child(f"cbir.service.workers:{function}", kwargs, stop=ctx.stop,
-                                        on_progress=ctx.progress)
-        return getattr(workers, function)(progress=ctx.progress, stop=ctx.stop, **kwargs)
+        self._writing += 1  # only the one job thread changes it
+        try:
+            if self.config.isolate_jobs:
+                return workers.run_in_child(f"cbir.service.workers:{function}", kwargs, stop=ctx.stop,
+                                            on_progress=ctx.progress, nice=self.config.job_nice,
+                                            cpus=self.config.job_cpus)
+            return getattr(workers, function)(progress=ctx.progress, stop=ctx.stop, **kwargs)
+        finally:
+            self._writing -= 1
 
     def _run_index(self, ctx: JobContext) -> JobOutcome:
         # the folder was checked when the job was made; check again (it may have moved)
@@ -357,6 +504,11 @@ class ServiceState:
                         reader.catalog.generation()))
         out.append(("cbir_index_snapshot_vectors", "Vectors in the in-memory index used by searches.",
                     {}, self.index_cache.size()))
+        out.append(("cbir_index_snapshot_refreshes", "Index snapshot refreshes, by how they were made "
+                    "(full: a new base index; incremental: committed rows appended).",
+                    {"how": "full"}, self.index_cache.full_builds))
+        out.append(("cbir_index_snapshot_refreshes", "", {"how": "incremental"},
+                    self.index_cache.refreshes - self.index_cache.full_builds))
         if self.store is not None:
             for status in ("queued", "running"):
                 out.append(("cbir_jobs", "Jobs by status.", {"status": status},

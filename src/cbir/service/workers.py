@@ -23,8 +23,11 @@ from cbir import errors as cbir_errors
 from cbir.errors import CbirError, CollectionError
 
 Progress = Callable[..., None]
-#: scheduling niceness of the job process (0..19; higher = yields the CPU to the server)
-NICE = 10
+#: default scheduling niceness of the job process (0..19; higher = yields the CPU to the server)
+NICE = 19
+#: environment variables that size the thread pools of OpenMP and the BLAS libraries
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 class _ParentWatch:
@@ -51,10 +54,48 @@ def _send(conn: Any, msg: list[Any]) -> None:
     conn.send_bytes(json.dumps(msg).encode())
 
 
-def _child_main(target: str, kwargs: dict[str, Any], conn: Any, stop: Any, parent: int) -> None:
+def limit_cpus(cpus: int) -> list[int]:
+    """Confine this (job) process to ``cpus`` CPUs and size its thread pools to match.
+
+    The CPU affinity is the hard limit: whatever threads the libraries start, the job never
+    occupies more than ``cpus`` cores, so with ``cpus`` below the core count a core always
+    stays free for the server's searches. The thread pools (OpenMP, BLAS, FAISS, the
+    decode/inference pipeline) are sized to it so they do not fight over the cores they have.
+    Returns the CPUs now allowed (empty where affinity is not supported).
+    """
+    allowed: list[int] = []
+    with contextlib.suppress(AttributeError, OSError):
+        allowed = sorted(os.sched_getaffinity(0))
+        if 0 < cpus < len(allowed):
+            allowed = allowed[-cpus:]  # the last ones: the server's threads tend to start on CPU 0
+            os.sched_setaffinity(0, allowed)
+    n = cpus or len(allowed) or os.cpu_count() or 1
+    for var in THREAD_VARS:  # read by libraries loaded from now on (torch, onnxruntime's OpenMP)
+        os.environ[var] = str(n)
+    with contextlib.suppress(Exception):  # already loaded ones (numpy's BLAS); optional
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n)
+    with contextlib.suppress(Exception):
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    # the indexing pipeline sizes its decode and inference threads by os.cpu_count()
+    from cbir.extract import pipeline
+
+    pipeline.default_decode_workers = lambda: n  # type: ignore[assignment]
+    pipeline.default_infer_workers = lambda extractor: max(  # type: ignore[assignment]
+        1, n // max(1, int(getattr(extractor, "intra_op_num_threads", 1) or 1)))
+    return allowed
+
+
+def _child_main(target: str, kwargs: dict[str, Any], conn: Any, stop: Any, parent: int,
+                nice: int = NICE, cpus: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the server, which sets stop
     with contextlib.suppress(OSError):
-        os.nice(NICE)  # searches first: the job gets the cores the requests leave idle
+        os.nice(nice)  # searches first: the job gets the CPU time the requests leave idle
+    if cpus:
+        limit_cpus(cpus)
     watch = _ParentWatch(stop, parent)
     last = [0.0]
 
@@ -79,15 +120,19 @@ def _child_main(target: str, kwargs: dict[str, Any], conn: Any, stop: Any, paren
 
 
 def run_in_child(target: str, kwargs: dict[str, Any], *, stop: Any,
-                 on_progress: Callable[[int, int, str | None], None]) -> Any:
+                 on_progress: Callable[[int, int, str | None], None], nice: int = NICE,
+                 cpus: int = 0) -> Any:
     """Run ``module:function(progress=..., stop=..., **kwargs)`` in a spawned process.
 
-    Returns its result; a CbirError in the child is raised here with the same class.
+    The process runs at niceness ``nice`` and, with ``cpus`` > 0, on at most that many CPUs
+    (see ``limit_cpus``). Returns its result; a CbirError in the child is raised here with
+    the same class.
     """
     mp = multiprocessing.get_context("spawn")
     recv, send = mp.Pipe(duplex=False)
     child_stop = mp.Event()
-    proc = mp.Process(target=_child_main, args=(target, kwargs, send, child_stop, os.getpid()),
+    proc = mp.Process(target=_child_main,
+                      args=(target, kwargs, send, child_stop, os.getpid(), int(nice), int(cpus)),
                       name="cbir-job", daemon=True)
     proc.start()
     send.close()
