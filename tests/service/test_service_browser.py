@@ -55,6 +55,11 @@ def server(tmp_path_factory) -> Iterator[dict]:
     make_other_images(root / "classes" / "blocks", 8)
     coll = tmp / "coll"
     build_collection(coll, root / "photos")
+    yield from _serve(tmp, coll, root)
+
+
+def _serve(tmp: Path, coll: Path, root: Path) -> Iterator[dict]:
+    """Run `cbir serve` on ``coll`` on a free port until the fixture ends."""
     log = open(tmp / "server.log", "w+")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen([sys.executable, "-m", "cbir.commands.serve", "--collection", str(coll),
                              "--allow-root", str(root), "--port", "0", "--log-level", "info"],
@@ -83,6 +88,28 @@ def server(tmp_path_factory) -> Iterator[dict]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+
+
+@pytest.fixture(scope="module")
+def scene_server(tmp_path_factory) -> Iterator[dict]:
+    """A tagged collection with a trained concept model (colour concepts, see scene_photos)."""
+    pytest.importorskip("torch")
+    from cbir.collection import Collection
+    from cbir.indexing import index_paths
+    from cbir.scenes import train_concepts
+    from scene_photos import make_tagged_photos
+
+    tmp = tmp_path_factory.mktemp("scenes")
+    root = tmp / "allowed"
+    truth = make_tagged_photos(root / "photos")
+    coll = tmp / "coll"
+    with Collection.create_or_open(coll, "colorhist") as col, col.writer_lock():
+        index_paths(col, [root / "photos"], progress=False)
+        train_concepts(col, vectors=None)
+    for info in _serve(tmp, coll, root):
+        yield {**info, "truth": truth}
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +299,18 @@ def test_api_docs_render_without_network(browser, server, path):
     # ReDoc's sidebar shows Redocly's logo from their CDN: the page's CSP blocks it (no request is sent)
     errors = [e for e in errors if not ("cdn.redoc.ly" in e and "Content Security Policy" in e)]
     assert not errors, f"errors on {path}: {errors}"
+
+
+def test_search_by_concepts(page, scene_server):
+    page.goto(scene_server["url"] + "/")
+    page.fill("#scene-q", "red, blue")
+    page.click("#scene-btn")
+    hits = page.locator("#results .hit")
+    sync_api.expect(hits).to_have_count(12)
+    sync_api.expect(page.locator("#search-status")).to_contain_text("showing blue + red")
+    assert "red" in hits.first.locator(".evidence").inner_text()
+    wait_images(page)
+    shot(page, "scenes.png")
+    page.fill("#scene-q", "red xylophone")
+    page.click("#scene-btn")
+    sync_api.expect(page.locator("#error-text")).to_contain_text("does not know the concept 'xylophone'")

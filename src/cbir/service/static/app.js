@@ -134,6 +134,48 @@ function renderHits(data) {
   }
 }
 
+async function runScene(ev) {
+  if (ev) ev.preventDefault();
+  clearError();
+  const q = $("#scene-q").value.trim();
+  const k = parseInt($("#k").value, 10);
+  if (!q) { showError(new Error("type one or more concepts, e.g. sky water")); return; }
+  if (!(k >= 1 && k <= 1000)) { showError(new Error("K must be a whole number between 1 and 1000")); return; }
+  const btn = $("#scene-btn");
+  btn.disabled = true;
+  $("#search-status").textContent = "searching…";
+  try {
+    const data = await api("GET", `/api/scenes?q=${encodeURIComponent(q)}&k=${k}`);
+    renderScene(data);
+  } catch (e) {
+    $("#search-status").textContent = "";
+    showError(e.status === 400 && /no concept model/.test(e.message)
+      ? new Error(e.message + " (on the server: cbir concepts train)") : e);
+  } finally { btn.disabled = false; }
+}
+
+function renderScene(data) {
+  const box = $("#results");
+  box.replaceChildren();
+  const notes = data.notes.length ? ` (${data.notes.join("; ")})` : "";
+  $("#search-status").textContent =
+    `${data.hits.length} scene(s) showing ${data.query.join(" + ")} in ${Math.round(data.took_ms)} ms${notes}`;
+  for (const h of data.hits) {
+    const ev = Object.entries(h.evidence).map(([c, e]) =>
+      `${c} ${Math.round(100 * e.visual)}%` + (e.text === null ? "" : ` / tags ${Math.round(100 * e.text)}%`));
+    const card = el("div", { class: "hit", "data-id": h.id },
+      el("a", { class: "open", href: h.image_url, target: "_blank", rel: "noopener", title: h.path },
+        el("img", { src: h.thumbnail_url, alt: h.name, loading: "lazy" })),
+      el("div", { class: "meta" },
+        el("span", { class: "sim", title: "fused relevance r(Q, image)" }, h.score.toFixed(3)),
+        el("button", { type: "button", class: "like", title: "find images like this one",
+          onclick: () => runSearch(h.id) }, "similar")),
+      el("div", { class: "name", title: ev.join(", ") }, `#${h.rank} ${h.name}`),
+      el("div", { class: "evidence muted" }, ev.join(" · ")));
+    box.append(card);
+  }
+}
+
 // ---- indexing jobs ----------------------------------------------------------------------
 async function loadRoots() {
   try {
@@ -359,6 +401,7 @@ function init() {
   });
   $("#file").addEventListener("change", () => { previewQuery(); if ($("#file").files[0]) runSearch(); });
   $("#search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
+  $("#scene-form").addEventListener("submit", runScene);
 
   $("#index-form").addEventListener("submit", startIndex);
   $("#job-cancel").addEventListener("click", cancelJob);
