@@ -96,6 +96,14 @@ def test_visual_heads_rank_positives_first(data: dict, hidden: int, single_loss:
     rec = heads.meta["training"]
     assert rec["epochs"] == len(seen) and 1 <= rec["best_epoch"] <= len(seen)
     assert (heads.meta["single_loss"], heads.meta["multi_loss"]) == (single_loss, multi_loss)
+    # the kept epoch is the best by validation MAP: one epoch for both heads when they share
+    # the hidden layer, each head's own epoch when they are independent linear heads
+    best_s = 1 + int(np.argmax([s["val_single_map"] for s in seen]))
+    best_m = 1 + int(np.argmax([s["val_multi_map"] for s in seen]))
+    best_joint = 1 + int(np.argmax([s["val_single_map"] + s["val_multi_map"] for s in seen]))
+    expected = {"single": best_s, "multi": best_m} if hidden == 0 else dict.fromkeys(("single", "multi"),
+                                                                                      best_joint)
+    assert rec["best_epochs"] == expected
 
 
 def test_visual_numpy_matches_torch_and_is_deterministic(data: dict) -> None:

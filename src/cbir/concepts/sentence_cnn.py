@@ -11,7 +11,7 @@ output layer by the two SSIR heads (single concepts V, multi-concepts V*). Here:
   max-over-time pooling over the windows that start on a real tag;
 * the pooled features (``len(widths) * filters``), dropout while training, then the linear
   single and multi heads with the posteriors of :mod:`cbir.concepts.classifiers`
-  (``"sigmoid"`` or ``"softmax"``, eqs. 3-4).
+  (``"sigmoid"`` or ``"softmax"``, eqs. 3-4; both default to softmax here).
 
 An image with no known tag has no text: :meth:`TextConceptHeads.predict` returns NaN rows
 and ``has_text=False`` for it, and the caller falls back to the visual posteriors.
@@ -73,17 +73,22 @@ def encode_tags(
         raise InvalidRequest(f"max_len must be >= 1; got {max_len}")
     if isinstance(tag_lists, str):
         raise InvalidRequest("encode_tags takes one list of tags per image, not a string")
+    for i, tags in enumerate(tag_lists):
+        if isinstance(tags, str):
+            raise InvalidRequest(f"image {i}: tags must be a list of strings, not one string")
+    unique = list(dict.fromkeys(t for tags in tag_lists for t in tags))
+    if unique:
+        vectors.encode(unique)  # one batch for the backends that embed in batches (MiniLM)
+    table = {t: vectors.vector(t) for t in unique}
     dim = int(vectors.dim)
     x = np.zeros((len(tag_lists), max_len, dim), dtype=np.float32)
     mask = np.zeros((len(tag_lists), max_len), dtype=bool)
     for i, tags in enumerate(tag_lists):
-        if isinstance(tags, str):
-            raise InvalidRequest(f"image {i}: tags must be a list of strings, not one string")
         k = 0
         for tag in tags:
             if k == max_len:
                 break
-            v = vectors.vector(tag)
+            v = table[tag]
             if v is None:
                 continue
             x[i, k] = v
@@ -221,7 +226,8 @@ class TextConceptHeads:
     # -- persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path, prefix: str = DEFAULT_PREFIX) -> Path:
         """Write ``<directory>/<prefix>.safetensors`` and ``<prefix>.json``; returns the JSON path."""
-        return save_heads(directory, prefix, self.weights, self.meta)
+        meta = {**self.meta, "format": TEXT_FORMAT, "format_version": FORMAT_VERSION}
+        return save_heads(directory, prefix, self.weights, meta)
 
     @classmethod
     def load(
@@ -281,14 +287,14 @@ def train_text_concepts(
     widths: Sequence[int] = DEFAULT_WIDTHS,
     filters: int = DEFAULT_FILTERS,
     epochs: int = 60,
-    patience: int = 6,
+    patience: int = 10,
     batch_size: int = 64,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
     dropout: float = 0.5,
     val_fraction: float = 0.1,
     seed: int = 0,
-    single_loss: str = "sigmoid",
+    single_loss: str = "softmax",
     multi_loss: str = "softmax",
     normalize_targets: bool = False,
     monitor: str = "val_map",
@@ -301,6 +307,11 @@ def train_text_concepts(
     Images without a known tag are left out of training (they carry no text). Word vectors
     are frozen. Same optimiser, split and early stopping as
     :func:`~cbir.concepts.classifiers.train_visual_concepts`; deterministic for a ``seed``.
+
+    The single-concept head defaults to the paper's softmax (eqs. 3-4), unlike the visual
+    one: on Corel-5K keywords with simulated noisy tags (GloVe), single-concept test MAP was
+    0.26 / 0.25 (softmax) against 0.23 / 0.22 (sigmoid) over two seeds, while the sigmoid
+    variant's shared convolutions gave the multi head 0.01-0.02 more MAP.
     """
     opts = FitOptions(epochs=epochs, patience=patience, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, seed=seed, single_loss=single_loss,
