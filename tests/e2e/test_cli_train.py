@@ -129,7 +129,7 @@ def test_bad_requests_are_one_line_errors(capsys, tmp_path):
     for argv, needle in [
         (("train", str(ok), "--name", "../evil", *base), "model name"),
         (("train", str(data), "--name", "x", *base), "at least 5 usable images"),
-        (("train", str(ok), "--name", "x", "--finetune", *base), "not implemented yet"),
+        (("train", str(ok), "--name", "x", "--finetune", *base), "cannot start from --extractor"),
         (("train", str(tmp_path / "nope"), "--name", "x", *base), "no such folder"),
         (("models", "show", "missing", "--models", m), "no model named"),
         (("models", "delete", "../x", "--models", m), "model name"),

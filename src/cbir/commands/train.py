@@ -2,12 +2,16 @@
 
 ```
 cbir train ./classes --name shoes-v1 [--head linear|mlp] [--epochs N] [--val-split 0.2] [--json]
+cbir -c NEWDIR train ./classes --name shoes-ft --finetune [--finetune-blocks 1] [--finetune-lr 1e-4]
+cbir -c NEWDIR index ./photos --extractor finetuned:shoes-ft   # the fine-tuned model's features
 cbir models list | show NAME | delete NAME | curves NAME --out curve.png | label NAME
 cbir models use NAME | --none        # the model's classes partition the collection's index
 cbir models search NAME IMAGE... | --like PATH  [--beta 0.5] [--partitioned]
 ```
 
-Models live in ``<collection>/models`` unless ``--models DIR`` is given.
+Models live in ``<collection>/models`` unless ``--models DIR`` is given. A fine-tuned model
+(``--finetune``) brings its own backbone, so it labels collections indexed with
+``--extractor finetuned:NAME`` only.
 """
 
 from __future__ import annotations
@@ -60,12 +64,14 @@ def _warn(message: str) -> None:
 
 # -- cbir train ---------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from cbir.train import TrainConfig, train_from_folder
+    from cbir.train import train_from_folder
 
     dataset = Path(args.dataset)
     if not dataset.is_dir():
         raise InvalidRequest(f"{dataset}: no such folder (expected one sub-folder of images per class)")
     extractor = args.extractor
+    if args.finetune:
+        return _train_finetune(args, dataset)
     if args.models is None:  # the model goes to the collection: it must fit its extractor
         have = _collection_extractor(args)
         if have and extractor and extractor != have:
@@ -73,48 +79,125 @@ def cmd_train(args: argparse.Namespace) -> int:
                                  "features could not be used with it (give --models DIR to keep it "
                                  "elsewhere)")
         extractor = extractor or have
-    cfg = TrainConfig(head=args.head, hidden=args.hidden, dropout=args.dropout, epochs=args.epochs,
-                      patience=args.patience, val_split=args.val_split, batch_size=args.batch_size,
-                      lr=args.lr, balance=args.balance, monitor=args.monitor, seed=args.seed)
+    cfg = _train_config(args, finetune=False)
+    with _EpochBar(args.quiet, "training") as bar:
+        res = train_from_folder(dataset, name=args.name, registry=_registry(args), extractor=extractor,
+                                config=cfg, trained_by=args.trained_by, overwrite=args.overwrite,
+                                progress=not args.quiet, on_epoch=bar, warn=_warn)
+    return _report(args, res)
+
+
+def _train_config(args: argparse.Namespace, *, finetune: bool) -> Any:
+    from cbir.train import TrainConfig
+    from cbir.train.finetune import FINETUNE_EPOCHS, FINETUNE_PATIENCE
+
+    epochs = args.epochs or (FINETUNE_EPOCHS if finetune else 100)
+    patience = args.patience or (FINETUNE_PATIENCE if finetune else 8)
+    cfg = TrainConfig(head=args.head, hidden=args.hidden, dropout=args.dropout, epochs=epochs,
+                      patience=patience, val_split=args.val_split, batch_size=args.batch_size,
+                      lr=args.lr, balance=args.balance, monitor=args.monitor, seed=args.seed,
+                      threads=args.threads)
     cfg.validate()
-    bar = None
+    return cfg
 
-    def on_epoch(s: Any) -> None:
-        nonlocal bar
-        if args.quiet:
+
+class _EpochBar:
+    """``on_epoch`` for the trainers: a tqdm bar of epochs with loss/accuracy (none with --quiet);
+    with ``per_epoch`` also one line per epoch (fine-tuning epochs take minutes)."""
+
+    def __init__(self, quiet: bool, desc: str, per_epoch: bool = False):
+        self.quiet, self.desc, self.per_epoch = quiet, desc, per_epoch
+        self.bar: Any = None
+
+    def __enter__(self) -> _EpochBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __call__(self, s: Any) -> None:
+        if self.quiet:
             return
-        if bar is None:
-            from tqdm import tqdm
-
-            bar = tqdm(total=s.max_epochs, unit="epoch", desc="training", file=sys.stderr,
-                       dynamic_ncols=True)
         post = {"loss": f"{s.train_loss:.3f}", "acc": f"{s.train_acc:.3f}"}
         if s.val_loss is not None:
             post |= {"val_loss": f"{s.val_loss:.3f}", "val_acc": f"{s.val_acc:.3f}"}
-        bar.set_postfix(post, refresh=False)
-        bar.update(1)
+        if self.per_epoch:
+            text = ", ".join(f"{k} {v}" for k, v in post.items())
+            print(f"epoch {s.epoch}/{s.max_epochs}: {text}, {s.epoch_seconds:.1f} s"
+                  f"{' (best so far)' if s.best else ''}", file=sys.stderr)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
 
-    try:
-        res = train_from_folder(dataset, name=args.name, registry=_registry(args), extractor=extractor,
-                                config=cfg, trained_by=args.trained_by, overwrite=args.overwrite,
-                                progress=not args.quiet, on_epoch=on_epoch, warn=_warn,
-                                finetune=args.finetune)
-    finally:
-        if bar is not None:
-            bar.close()
+            self.bar = tqdm(total=s.max_epochs, unit="epoch", desc=self.desc, file=sys.stderr,
+                            dynamic_ncols=True)
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+
+def _train_finetune(args: argparse.Namespace, dataset: Path) -> int:
+    from cbir.extract import DEFAULT_EXTRACTOR
+    from cbir.extract.finetuned import extractor_name
+    from cbir.train.finetune import FinetuneConfig, finetune_from_folder
+
+    if args.extractor not in (None, DEFAULT_EXTRACTOR):
+        raise InvalidRequest(f"--finetune trains the last block of {DEFAULT_EXTRACTOR}; it cannot start "
+                             f"from --extractor {args.extractor!r} (leave --extractor out)")
+    own = extractor_name(args.name)
+    if args.models is None:  # the model goes to the collection: it must be able to label it
+        have = _collection_extractor(args)
+        if have and have != own:
+            raise InvalidRequest(
+                f"a fine-tuned model computes its own features, so it cannot label this collection "
+                f"(extractor {have!r}); train it for a new collection (`cbir -c NEWDIR train ... "
+                f"--finetune`, then `cbir -c NEWDIR index FOLDER --extractor {own}`) or give "
+                "--models DIR")
+        if have == own:
+            _warn(f"the collection was indexed with the previous backbone of {args.name!r}; the "
+                  "retrained model cannot label it: index the images into a new collection")
+    cfg = _train_config(args, finetune=True)
+    ft = FinetuneConfig(blocks=args.finetune_blocks, lr=args.finetune_lr, flip=not args.no_flip)
+    ft.validate()
+    with _EpochBar(args.quiet, "fine-tuning", per_epoch=True) as bar:
+        res = finetune_from_folder(dataset, name=args.name, registry=_registry(args), config=cfg,
+                                   finetune=ft, trained_by=args.trained_by, overwrite=args.overwrite,
+                                   progress=not args.quiet, on_epoch=bar, warn=_warn)
+    code = _report(args, res)
+    if not args.json:
+        from cbir.collection import default_collection_dir
+
+        col = "NEWDIR" if args.models is not None else str(args.collection or default_collection_dir())
+        models = "" if args.models is None else f" --models {args.models}"
+        print(f"next: index images with its features, `cbir -c {col} index FOLDER --extractor {own}`, "
+              f"then e.g. `cbir -c {col} models label {args.name}{models}`", file=sys.stderr)
+    return code
+
+
+def _report(args: argparse.Namespace, res: Any) -> int:
     m = res.model.meta
-    summary = {k: m.get(k) for k in ("name", "classes", "head", "extractor", "epochs", "best_epoch",
-                                      "stopped_early", "val_accuracy", "val_loss", "train_accuracy",
-                                      "training_seconds", "trained_by", "trained_at", "warnings")}
+    summary = {k: m.get(k) for k in ("name", "classes", "head", "extractor", "finetuned", "epochs",
+                                      "best_epoch", "stopped_early", "val_accuracy", "val_loss",
+                                      "train_accuracy", "training_seconds", "trained_by", "trained_at",
+                                      "warnings")}
+    if m.get("finetuned"):
+        summary["backbone"] = m.get("backbone")
+        summary["warmup"] = m.get("warmup")
+        summary["total_seconds"] = m.get("total_seconds")
     summary["path"] = str(_registry(args).meta_path(args.name))
     if args.json:
         _print_json(summary)
     else:
         acc = "n/a" if m["val_accuracy"] is None else f"{m['val_accuracy']:.1%}"
-        print(f"trained {m['name']}: {m['head']['type']} head, {len(m['classes'])} classes, "
+        what = f"{m['head']['type']} head"
+        seconds = m["training_seconds"]
+        if m.get("finetuned"):
+            what += f" + the last {m['backbone']['blocks']} backbone block(s)"
+            seconds = m.get("total_seconds") or seconds
+        print(f"trained {m['name']}: {what}, {len(m['classes'])} classes, "
               f"{m['epochs']} epochs (kept {m['best_epoch']}"
               f"{', stopped early' if m['stopped_early'] else ''}), validation accuracy {acc}, "
-              f"{m['training_seconds']:.1f} s -> {summary['path']}")
+              f"{seconds:.1f} s -> {summary['path']}")
     return EXIT_OK
 
 
@@ -128,14 +211,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"no models in {reg.directory}; train one with `cbir train FOLDER --name NAME`",
               file=sys.stderr)
     else:
-        print(f"{'name':<24} {'head':<6} {'classes':>7} {'epochs':>6} {'val_acc':>7}  "
+        print(f"{'name':<24} {'head':<6} {'ft':<3} {'classes':>7} {'epochs':>6} {'val_acc':>7}  "
               f"{'trained_by':<12} trained_at")
         for r in rows:
             if "error" in r:
                 print(f"{r['name']:<24} error: {r['error']}")
                 continue
             acc = "-" if r["val_accuracy"] is None else f"{r['val_accuracy']:.3f}"
-            print(f"{r['name']:<24} {r['head']:<6} {r['classes']:>7} {r['epochs']:>6} {acc:>7}  "
+            ft = "yes" if r.get("finetuned") else "no"
+            print(f"{r['name']:<24} {r['head']:<6} {ft:<3} {r['classes']:>7} {r['epochs']:>6} {acc:>7}  "
                   f"{r['trained_by']:<12} {r['trained_at']}")
     return EXIT_OK
 
@@ -172,6 +256,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     from cbir.train.apply import delete_model
 
     reg = _registry(args)
+    finetuned = reg.exists(args.name) and bool(reg.meta(args.name).get("finetuned"))
     col = _maybe_collection(args)
     try:
         if col is None:
@@ -185,6 +270,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
     note = "; the collection's index goes back to ImageNet classes" \
         if res["collection_stopped_using_it"] else ""
     print(f"deleted model {args.name}{note}")
+    if finetuned:
+        print(f"cbir: note: collections indexed with --extractor finetuned:{args.name} keep their "
+              "features but can no longer embed new images or query files", file=sys.stderr)
     return EXIT_OK
 
 
@@ -279,10 +367,12 @@ def register(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
                    help="linear, or mlp (one hidden layer; default)")
     s.add_argument("--hidden", type=_positive_int, default=512, help="mlp hidden units (default 512)")
     s.add_argument("--dropout", type=_float_in(0.0, 0.95), default=0.3)
-    s.add_argument("--epochs", type=_positive_int, default=100,
-                   help="maximum epochs; early stopping usually ends sooner (default 100)")
-    s.add_argument("--patience", type=_positive_int, default=8,
-                   help="stop after this many epochs without a better validation score")
+    s.add_argument("--epochs", type=_positive_int, default=None,
+                   help="maximum epochs; early stopping usually ends sooner (default 100, "
+                   "with --finetune 15)")
+    s.add_argument("--patience", type=_positive_int, default=None,
+                   help="stop after this many epochs without a better validation score "
+                   "(default 8, with --finetune 4)")
     s.add_argument("--monitor", choices=MONITOR, default="val_loss",
                    help="validation score for early stopping and the kept checkpoint")
     s.add_argument("--val-split", type=_float_in(0.0, 0.5), default=0.2,
@@ -290,14 +380,27 @@ def register(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     s.add_argument("--balance", choices=BALANCE, default="weights",
                    help="class balancing: weighted loss (default), balanced sampler, or none")
     s.add_argument("--batch-size", type=_positive_int, default=64)
-    s.add_argument("--lr", type=_float_in(1e-7, 10.0), default=1e-3, help="learning rate (AdamW)")
+    s.add_argument("--lr", type=_float_in(1e-7, 10.0), default=1e-3,
+                   help="learning rate (AdamW; with --finetune, of the head's warm-up)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--extractor", choices=EXTRACTORS.names(), default=None,
-                   help="feature extractor (default: the collection's)")
+                   help="feature extractor (default: the collection's); finetuned:NAME trains a "
+                   "head on a fine-tuned model's features")
     s.add_argument("--trained-by", default=None, help="who trained it (default: your user name)")
     s.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
+    s.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch threads while training (default 1: leaves the other cores free)")
     s.add_argument("--finetune", action="store_true",
-                   help="also fine-tune the last backbone block (not implemented yet)")
+                   help="also fine-tune the last backbone block(s) with torch (slow on a CPU); the "
+                   "model gets its own extractor, finetuned:NAME, to index a new collection with")
+    s.add_argument("--finetune-blocks", type=_positive_int, default=1, metavar="N",
+                   help="with --finetune: the last N MBConv blocks are trained, with the conv head "
+                   "(1 to 5; default 1)")
+    s.add_argument("--finetune-lr", type=_float_in(1e-7, 1.0), default=1e-4,
+                   help="with --finetune: learning rate of the backbone block(s) and the head while "
+                   "fine-tuning (default 1e-4)")
+    s.add_argument("--no-flip", action="store_true",
+                   help="with --finetune: no mirrored copies (halves the backbone pass; less data)")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     s.add_argument("--json", action="store_true", help="summary as JSON on stdout")
     s.set_defaults(func=cmd_train)

@@ -7,6 +7,8 @@ with a model), so vectors of different extractors are never mixed.
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -73,5 +75,53 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(n, eps)
 
 
-EXTRACTORS: Registry[FeatureExtractor] = Registry("extractor")
+#: ``finetuned:NAME`` names a fine-tuned model's backbone (``cbir.extract.finetuned``)
+FINETUNED_PREFIX = "finetuned:"
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # = cbir.train.registry.NAME_RE
+
+
+def is_finetuned_name(name: object) -> bool:
+    """True for ``finetuned:NAME`` with a valid model NAME (whether or not that model exists)."""
+    if not isinstance(name, str) or not name.startswith(FINETUNED_PREFIX):
+        return False
+    model = name[len(FINETUNED_PREFIX):]
+    return bool(_MODEL_NAME_RE.match(model)) and ".." not in model
+
+
+class ExtractorNames(list):
+    """The registered extractor names; ``in`` also accepts every ``finetuned:NAME``.
+
+    So ``choices=EXTRACTORS.names()`` (argparse) lets ``--extractor finetuned:NAME`` through
+    while the help and error messages list only the built-in extractors.
+    """
+
+    def __contains__(self, name: object) -> bool:
+        return list.__contains__(self, name) or is_finetuned_name(name)
+
+
+class ExtractorRegistry(Registry[FeatureExtractor]):
+    """The extractor registry plus the parametrised family ``finetuned:NAME``."""
+
+    def create(self, name: str, **kwargs: Any) -> FeatureExtractor:
+        if is_finetuned_name(name):
+            from cbir.extract.finetuned import FinetunedExtractor
+
+            return FinetunedExtractor(name[len(FINETUNED_PREFIX):], **kwargs)
+        return super().create(name, **kwargs)
+
+    def get(self, name: str) -> Any:
+        if is_finetuned_name(name):
+            from cbir.extract.finetuned import FinetunedExtractor
+
+            return functools.partial(FinetunedExtractor, name[len(FINETUNED_PREFIX):])
+        return super().get(name)
+
+    def names(self) -> ExtractorNames:
+        return ExtractorNames(super().names())
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or is_finetuned_name(name)
+
+
+EXTRACTORS: ExtractorRegistry = ExtractorRegistry("extractor")
 DEFAULT_EXTRACTOR = "efficientnet-lite0"

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from cbir.collection import Collection
-from cbir.errors import CollectionError, InvalidRequest
+from cbir.errors import CollectionError, IndexMismatch, InvalidRequest
+from cbir.extract.base import is_finetuned_name
 from cbir.search import Hit, Query, distance_from_cosine
 from cbir.train.model import ClassifierModel
 from cbir.train.registry import ModelRegistry, check_name
@@ -37,8 +38,24 @@ _CHUNK = 20_000
 
 
 def check_model(col: Collection, model: ClassifierModel) -> None:
-    """Refuse a model trained on another extractor's features than the collection's."""
+    """Refuse a model trained on another extractor's features than the collection's.
+
+    A fine-tuned model also needs the collection indexed with its backbone as it is now (the
+    manifest records the backbone's sha256): a model retrained under the same name is refused.
+    """
     model.check_features(col.manifest.extractor, col.manifest.dim)
+    if is_finetuned_name(model.extractor):
+        # the fine-tuned model itself, or a head trained on a fine-tuned model's features
+        record = model.meta.get("backbone") if model.finetuned else model.meta.get("features_backbone")
+        want = (record or {}).get("onnx_sha256")
+        have = (col.manifest.preprocessing.get("backbone") or {}).get("onnx_sha256")
+        if want != have:
+            owner = model.extractor.split(":", 1)[1]
+            raise IndexMismatch(
+                f"this collection was indexed with another backbone of model {owner!r} than model "
+                f"{model.name!r} was trained on ({owner!r} was trained again since); index the images "
+                f"into a new collection with --extractor {model.extractor}"
+                + ("" if model.finetuned else f" and train {model.name!r} again"))
 
 
 def model_classes(col: Collection, model: ClassifierModel, ids: Sequence[int] | None = None

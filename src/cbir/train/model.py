@@ -80,6 +80,11 @@ class ClassifierModel:
     def extractor(self) -> str:
         return str(self.meta.get("extractor", {}).get("name", ""))
 
+    @property
+    def finetuned(self) -> bool:
+        """True for a model with its own fine-tuned backbone (extractor ``finetuned:NAME``)."""
+        return bool(self.meta.get("finetuned", False))
+
     def check_features(self, extractor: str, dim: int) -> None:
         """Refuse features from another extractor than the one the model was trained on."""
         if extractor != self.extractor or dim != self.dim:

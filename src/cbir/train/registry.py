@@ -4,6 +4,8 @@
 <models>/<name>.safetensors   the head's float32 tensors (no pickle: safetensors only)
 <models>/<name>.json          the record: who trained it, when, classes, epochs, validation
                               accuracy, per-epoch curve, extractor name + dim, head, format
+<models>/<name>.backbone.onnx a fine-tuned model's backbone (``cbir train --finetune``): the
+                              extractor ``finetuned:<name>`` (see ``cbir.extract.finetuned``)
 ```
 
 The default directory is ``<collection>/models`` (``--models DIR`` overrides it): a model
@@ -11,8 +13,8 @@ only works with the extractor that made its training features, a collection fixe
 extractor, and what depends on a model (the collection's choice of partitioning model and
 the index built from it) lives in the same collection, so deleting either stays local.
 
-Writes are atomic: the weights go to a temporary file that is renamed into place, then the
-JSON (which carries the weights' sha256) is written the same way. The JSON is the commit
+Writes are atomic: the weights (and a fine-tuned backbone) go to temporary files that are
+renamed into place, then the JSON (which carries their sha256) is written the same way. The JSON is the commit
 point: a model exists when its JSON does, and a weights file that does not match its JSON's
 sha256 (a crash mid-overwrite) is reported as damaged instead of being used.
 """
@@ -69,6 +71,12 @@ class ModelRegistry:
     def meta_path(self, name: str) -> Path:
         return self.directory / f"{check_name(name)}.json"
 
+    def backbone_path(self, name: str) -> Path:
+        """A fine-tuned model's backbone ONNX file."""
+        from cbir.extract.finetuned import BACKBONE_SUFFIX
+
+        return self.directory / f"{check_name(name)}{BACKBONE_SUFFIX}"
+
     def exists(self, name: str) -> bool:
         return self.meta_path(name).exists()
 
@@ -84,11 +92,15 @@ class ModelRegistry:
                                  f"another --name, or delete it first (`cbir models delete {name}`)")
 
     # -- save / load ------------------------------------------------------------------------
-    def save(self, model: ClassifierModel, *, overwrite: bool = False) -> Path:
-        """Write ``<name>.safetensors`` then ``<name>.json``, each atomically. Returns the JSON path."""
+    def save(self, model: ClassifierModel, *, overwrite: bool = False,
+             backbone: bytes | None = None) -> Path:
+        """Write ``<name>.safetensors`` (and ``backbone``, a fine-tuned model's ONNX bytes, as
+        ``<name>.backbone.onnx``) then ``<name>.json``, each atomically. Returns the JSON path."""
         from safetensors.numpy import save
 
         name = check_name(model.name)
+        if bool(backbone) != bool(model.meta.get("finetuned")):
+            raise InvalidRequest("a fine-tuned model is saved with its backbone, and only it")
         self.check_new(name, overwrite=overwrite)
         self.directory.mkdir(parents=True, exist_ok=True)
         header = {"format": "cbir-classifier", "format_version": str(FORMAT_VERSION),
@@ -100,8 +112,18 @@ class ModelRegistry:
         meta["weights_sha256"] = _sha256(data)
         meta["weights_bytes"] = len(data)
         atomic_write_bytes(self.weights_path(name), data)
+        if backbone:
+            meta["backbone"] = {**meta.get("backbone", {}), "onnx_file": self.backbone_path(name).name,
+                                "onnx_sha256": _sha256(backbone), "onnx_bytes": len(backbone)}
+            atomic_write_bytes(self.backbone_path(name), backbone)
         write_json_atomic(self.meta_path(name), meta)
         model.meta = meta
+        if backbone:
+            from cbir.extract.finetuned import write_pointer
+
+            write_pointer(name, self.directory, meta["backbone"]["onnx_sha256"])
+        else:  # an overwritten fine-tuned model leaves no stale backbone behind
+            self.backbone_path(name).unlink(missing_ok=True)
         return self.meta_path(name)
 
     def meta(self, name: str) -> dict[str, Any]:
@@ -157,12 +179,18 @@ class ModelRegistry:
                          "head": m.get("head", {}).get("type"), "epochs": m.get("epochs"),
                          "val_accuracy": m.get("val_accuracy"), "trained_by": m.get("trained_by"),
                          "trained_at": m.get("trained_at"),
-                         "extractor": m.get("extractor", {}).get("name")})
+                         "extractor": m.get("extractor", {}).get("name"),
+                         "finetuned": bool(m.get("finetuned", False))})
         return rows
 
     def delete(self, name: str) -> bool:
-        """Remove the record first (so the model is gone at once), then the weights."""
-        existed = self.meta_path(name).exists() or self.weights_path(name).exists()
+        """Remove the record first (so the model is gone at once), then the weights and backbone."""
+        from cbir.extract.finetuned import remove_pointer
+
+        existed = any(p.exists() for p in (self.meta_path(name), self.weights_path(name),
+                                           self.backbone_path(name)))
         self.meta_path(name).unlink(missing_ok=True)
         self.weights_path(name).unlink(missing_ok=True)
+        self.backbone_path(name).unlink(missing_ok=True)
+        remove_pointer(name, self.directory)
         return existed

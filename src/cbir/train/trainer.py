@@ -8,6 +8,9 @@ without improvement. Class imbalance is offset by a weighted loss (``n / (C * n_
 class) or a class-balanced sampler. ``on_epoch`` receives an :class:`EpochStats` after each
 epoch (the CLI draws a progress bar from it; a service can stream it); setting ``stop``
 ends training after the current epoch, keeping the best checkpoint so far.
+
+Fine-tuning the last backbone block(s) as well (``train_from_folder(..., finetune=True)``)
+lives in :mod:`cbir.train.finetune` and shares this module's epoch loop (:func:`fit_loop`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from cbir.errors import BackendUnavailable, InvalidRequest
 from cbir.train.model import FORMAT_VERSION, HEADS, ClassifierModel
 
 if TYPE_CHECKING:
+    from cbir.train.finetune import FinetuneConfig
     from cbir.train.registry import ModelRegistry
 
 #: below this many images a class is refused; below RECOMMENDED_PER_CLASS it is warned about
@@ -174,7 +178,7 @@ def _import_torch() -> Any:
     return torch
 
 
-def _build_head(torch: Any, cfg: TrainConfig, dim: int, n_classes: int) -> Any:
+def build_head(torch: Any, cfg: TrainConfig, dim: int, n_classes: int) -> Any:
     nn = torch.nn
     if cfg.head == "linear":
         return nn.ModuleDict({"drop": nn.Dropout(cfg.dropout), "fc": nn.Linear(dim, n_classes)})
@@ -182,7 +186,7 @@ def _build_head(torch: Any, cfg: TrainConfig, dim: int, n_classes: int) -> Any:
                           "fc2": nn.Linear(cfg.hidden, n_classes)})
 
 
-def _forward(torch: Any, head: Any, kind: str, z: Any) -> Any:
+def forward_head(torch: Any, head: Any, kind: str, z: Any) -> Any:
     if kind == "linear":
         return head["fc"](head["drop"](z))
     return head["fc2"](head["drop"](torch.relu(head["fc1"](z))))
@@ -236,16 +240,31 @@ def train_classifier(features: np.ndarray, labels: np.ndarray, classes: Sequence
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            head, history, best_epoch, stopped = _fit(torch, cfg, z, y, tr, va, n_classes,
-                                                      on_epoch, stop)
+            head, history, best_epoch, stopped = fit_head(torch, cfg, z, y, tr, va, n_classes,
+                                                          on_epoch, stop)
     finally:
         torch.set_num_threads(threads)
 
-    weights = {"norm.mean": mean.astype(np.float32), "norm.std": std}
-    for key, t in head.state_dict().items():
-        weights[key] = t.detach().cpu().numpy().astype(np.float32)
+    weights = {"norm.mean": mean.astype(np.float32), "norm.std": std, **head_weights(head)}
+    meta = build_meta(cfg, name=name, trained_by=trained_by, classes=classes, y=y, tr=tr, va=va,
+                      extractor=extractor, dim=int(x.shape[1]), history=history,
+                      best_epoch=best_epoch, stopped=stopped, notes=notes, extra=extra_meta)
+    return TrainResult(ClassifierModel(weights, meta), history, best_epoch, stopped, notes)
+
+
+def head_weights(head: Any) -> dict[str, np.ndarray]:
+    """The head's tensors as float32 arrays, named as ClassifierModel expects."""
+    return {key: t.detach().cpu().numpy().astype(np.float32) for key, t in head.state_dict().items()}
+
+
+def build_meta(cfg: TrainConfig, *, name: str, trained_by: str | None, classes: Sequence[str],
+               y: np.ndarray, tr: np.ndarray, va: np.ndarray, extractor: str, dim: int,
+               history: list[EpochStats], best_epoch: int, stopped: bool, notes: list[str],
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model's JSON record (the registry adds the weights' file name and sha256)."""
+    n_classes = len(classes)
     best = history[best_epoch - 1]
-    meta: dict[str, Any] = {
+    return {
         "format": "cbir-classifier",
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -256,7 +275,7 @@ def train_classifier(features: np.ndarray, labels: np.ndarray, classes: Sequence
                          "val": np.bincount(y[va], minlength=n_classes).tolist()},
         "head": {"type": cfg.head, "hidden": cfg.hidden if cfg.head == "mlp" else None,
                  "dropout": cfg.dropout},
-        "extractor": {"name": extractor, "dim": int(x.shape[1])},
+        "extractor": {"name": extractor, "dim": dim},
         "epochs": len(history),
         "best_epoch": best_epoch,
         "stopped_early": stopped,
@@ -267,53 +286,95 @@ def train_classifier(features: np.ndarray, labels: np.ndarray, classes: Sequence
         "curve": [{k: v for k, v in asdict(s).items() if k not in ("max_epochs", "best")}
                   for s in history],
         "hyperparameters": asdict(cfg),
-        "finetune": False,
+        "finetuned": False,
         "warnings": notes,
         "cbir_version": __version__,
-        **(extra_meta or {}),
+        **(extra or {}),
     }
-    return TrainResult(ClassifierModel(weights, meta), history, best_epoch, stopped, notes)
 
 
-def _fit(torch: Any, cfg: TrainConfig, z: np.ndarray, y: np.ndarray, tr: np.ndarray,
-         va: np.ndarray, n_classes: int, on_epoch: EpochFn | None,
-         stop: threading.Event | None) -> tuple[Any, list[EpochStats], int, bool]:
-    """The epoch loop; returns (best head, history, best epoch (1-based), stopped early)."""
+def fit_head(torch: Any, cfg: TrainConfig, z: np.ndarray, y: np.ndarray, tr: np.ndarray,
+             va: np.ndarray, n_classes: int, on_epoch: EpochFn | None,
+             stop: threading.Event | None) -> tuple[Any, list[EpochStats], int, bool]:
+    """Train a head on features ``z``; returns (best head, history, best epoch (1-based), stopped early)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    head = build_head(torch, cfg, z.shape[1], n_classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    zt = torch.from_numpy(z)
+
+    def logits(rows: Any, training: bool) -> Any:
+        return forward_head(torch, head, cfg.head, zt[rows])
+
+    history, best_epoch, stopped = fit_loop(torch, cfg, head, opt, logits, y, tr, va, n_classes,
+                                            on_epoch, stop, gen)
+    return head, history, best_epoch, stopped
+
+
+LogitsFn = Callable[[Any, bool], Any]
+
+
+def fit_loop(torch: Any, cfg: TrainConfig, module: Any, opt: Any, logits: LogitsFn, y: np.ndarray,
+             tr: np.ndarray, va: np.ndarray, n_classes: int, on_epoch: EpochFn | None,
+             stop: threading.Event | None, gen: Any, *, set_mode: Callable[[bool], None] | None = None,
+             eval_batch: int | None = None, label_smoothing: float = 0.0
+             ) -> tuple[list[EpochStats], int, bool]:
+    """The epoch loop shared by head training and fine-tuning.
+
+    ``logits(rows, training)`` maps a tensor of dataset rows to (len(rows), C) logits;
+    ``set_mode(training)`` (default ``module.train(training)``) switches the module. Class
+    balancing, the seeded order, validation (in ``eval_batch`` chunks if given), the best
+    checkpoint (``module``'s state, restored at the end) and early stopping are handled here.
+    ``label_smoothing`` applies to the training loss only (validation is scored as usual).
+    Returns (history, best epoch (1-based), stopped early).
+    """
     import copy
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    head = _build_head(torch, cfg, z.shape[1], n_classes)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    set_mode = set_mode or module.train
     cw = torch.from_numpy(class_weights(y[tr], n_classes))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=cw if cfg.balance == "weights" else None)
-    xt, yt = torch.from_numpy(z[tr]), torch.from_numpy(y[tr])
-    xv, yv = torch.from_numpy(z[va]), torch.from_numpy(y[va])
+    weight = cw if cfg.balance == "weights" else None
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    train_loss_fn = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing) \
+        if label_smoothing else loss_fn
+    rt = torch.from_numpy(np.asarray(tr, dtype=np.int64))
+    rv = torch.from_numpy(np.asarray(va, dtype=np.int64))
+    yt, yv = torch.from_numpy(y[tr]), torch.from_numpy(y[va])
     sample_w = cw[yt]  # class-balanced sampling: each class drawn equally often
     history: list[EpochStats] = []
     best_key: tuple[float, float] | None = None
     best_state, best_epoch, since_best = None, 0, 0
     t0 = time.perf_counter()
+
+    def done(stopped: bool) -> tuple[list[EpochStats], int, bool]:
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        set_mode(False)
+        return history, best_epoch, stopped
+
     for epoch in range(1, cfg.epochs + 1):
         te = time.perf_counter()
-        head.train()
+        set_mode(True)
         order = (torch.multinomial(sample_w, len(tr), replacement=True, generator=gen)
                  if cfg.balance == "sampler" else torch.randperm(len(tr), generator=gen))
         total, correct, seen = 0.0, 0, 0
         for start in range(0, len(tr), cfg.batch_size):
-            rows = order[start:start + cfg.batch_size]
-            out = _forward(torch, head, cfg.head, xt[rows])
-            loss = loss_fn(out, yt[rows])
+            pos = order[start:start + cfg.batch_size]
+            out = logits(rt[pos], True)
+            loss = train_loss_fn(out, yt[pos])
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(rows)
-            correct += int((out.argmax(1) == yt[rows]).sum())
-            seen += len(rows)
+            total += float(loss.detach()) * len(pos)
+            correct += int((out.argmax(1) == yt[pos]).sum())
+            seen += len(pos)
         val_loss = val_acc = None
         if len(va):
-            head.eval()
+            set_mode(False)
             with torch.no_grad():
-                out = _forward(torch, head, cfg.head, xv)
+                if eval_batch is None:
+                    out = logits(rv, False)
+                else:
+                    out = torch.cat([logits(rv[i:i + eval_batch], False)
+                                     for i in range(0, len(va), eval_batch)])
                 val_loss = float(loss_fn(out, yv))
                 val_acc = float((out.argmax(1) == yv).float().mean())
         # lower is better for both parts of the key
@@ -326,7 +387,7 @@ def _fit(torch: Any, cfg: TrainConfig, z: np.ndarray, y: np.ndarray, tr: np.ndar
         improved = best_key is None or key < best_key
         if improved:
             best_key, best_epoch, since_best = key, epoch, 0
-            best_state = copy.deepcopy(head.state_dict())
+            best_state = copy.deepcopy(module.state_dict())
         else:
             since_best += 1
         now = time.perf_counter()
@@ -339,21 +400,14 @@ def _fit(torch: Any, cfg: TrainConfig, z: np.ndarray, y: np.ndarray, tr: np.ndar
         if on_epoch is not None:
             on_epoch(stats)
         if len(va) and since_best >= cfg.patience:
-            return _restore(head, best_state), history, best_epoch, True
+            return done(True)
         if stop is not None and stop.is_set():
-            return _restore(head, best_state), history, best_epoch, epoch < cfg.epochs
-    return _restore(head, best_state), history, best_epoch, False
+            return done(epoch < cfg.epochs)
+    return done(False)
 
 
 def _r(v: float | None) -> float | None:
     return None if v is None else round(float(v), 6)
-
-
-def _restore(head: Any, state: Any) -> Any:
-    if state is not None:
-        head.load_state_dict(state)
-    head.eval()
-    return head
 
 
 def train_from_folder(dataset: Path, *, name: str, registry: ModelRegistry,
@@ -361,30 +415,54 @@ def train_from_folder(dataset: Path, *, name: str, registry: ModelRegistry,
                       trained_by: str | None = None, cache_dir: Path | None = None,
                       overwrite: bool = False, progress: bool = True,
                       on_epoch: EpochFn | None = None, stop: threading.Event | None = None,
-                      warn: WarnFn | None = None, finetune: bool = False) -> TrainResult:
+                      warn: WarnFn | None = None, finetune: bool | FinetuneConfig = False
+                      ) -> TrainResult:
     """Index ``dataset`` (one sub-folder per class; cached) and train, then save as ``name``.
 
     The name and the class counts are checked before any image is decoded, so a bad
     request fails at once. ``cache_dir``: the dataset's collection (default: the eval cache).
+    ``finetune`` (True or a :class:`cbir.train.finetune.FinetuneConfig`): also fine-tune the
+    last backbone block(s) with torch; the model then brings its own extractor,
+    ``finetuned:NAME`` (see :mod:`cbir.train.finetune`).
     """
-    from cbir.eval.folder import load_labelled_features
+    from cbir.eval.folder import eval_collection_dir, load_labelled_features
     from cbir.extract import DEFAULT_EXTRACTOR
+    from cbir.extract.base import is_finetuned_name
     from cbir.io.datasets import read_class_folders
 
     cfg = config or TrainConfig()
     cfg.validate()
     if finetune:
-        raise InvalidRequest("--finetune (training the last backbone block with torch) is not "
-                             "implemented yet; train a head on the stored features without it")
+        from cbir.train.finetune import FinetuneConfig, finetune_from_folder
+
+        if extractor not in (None, DEFAULT_EXTRACTOR):
+            raise InvalidRequest(f"fine-tuning trains the last block of {DEFAULT_EXTRACTOR}; it cannot "
+                                 f"start from extractor {extractor!r} (leave --extractor out)")
+        ft = finetune if isinstance(finetune, FinetuneConfig) else FinetuneConfig()
+        return finetune_from_folder(Path(dataset), name=name, registry=registry, config=cfg,
+                                    finetune=ft, trained_by=trained_by, overwrite=overwrite,
+                                    progress=progress, on_epoch=on_epoch, stop=stop, warn=warn)
     registry.check_new(name, overwrite=overwrite)
     extractor = extractor or DEFAULT_EXTRACTOR
+    extra: dict[str, Any] = {}
+    if is_finetuned_name(extractor):
+        # a fine-tuned backbone retrained under the same name makes other features: record which
+        # one (apply.check_model compares it with a collection's) and key the dataset's cached
+        # collection by it (keeping ':' out of the folder name)
+        from cbir.extract import create_extractor
+
+        backbone = create_extractor(extractor).preprocessing["backbone"]
+        extra["features_backbone"] = backbone
+        if cache_dir is None:
+            key = f"{extractor.replace(':', '-')}-{backbone['onnx_sha256'][:12]}"
+            cache_dir = eval_collection_dir(Path(dataset), key)
     _, found, classes = read_class_folders(Path(dataset))
     check_class_counts(np.bincount(found, minlength=len(classes)), classes,
                        min_per_class=cfg.min_per_class)
     feats, labels, classes, failed = load_labelled_features(
         Path(dataset), extractor=extractor, collection_dir=cache_dir, progress=progress)
-    extra = {"dataset": {"path": str(Path(dataset).resolve()), "images": int(len(labels)),
-                         "failed": int(failed)}}
+    extra["dataset"] = {"path": str(Path(dataset).resolve()), "images": int(len(labels)),
+                        "failed": int(failed)}
     result = train_classifier(feats, labels, classes, cfg, name=name, extractor=extractor,
                               trained_by=trained_by, on_epoch=on_epoch, stop=stop, warn=warn,
                               extra_meta=extra)
