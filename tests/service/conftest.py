@@ -98,3 +98,9 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
 @pytest.fixture
 def client(coll: Path, roots: Path, make_client: Callable[..., TestClient]) -> TestClient:
     return make_client(coll, allow_roots=[roots], max_upload_bytes=2_000_000, max_pixels=4_000_000)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training caches the class folders' features; keep that out of the user's cache dir."""
+    monkeypatch.setenv("CBIR_CACHE_DIR", str(tmp_path / "cbir-cache"))

@@ -63,7 +63,8 @@ def _serve(tmp: Path, coll: Path, root: Path) -> Iterator[dict]:
     log = open(tmp / "server.log", "w+")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen([sys.executable, "-m", "cbir.commands.serve", "--collection", str(coll),
                              "--allow-root", str(root), "--port", "0", "--log-level", "info"],
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "CBIR_CACHE_DIR": str(tmp / "cbir-cache")})
     url = None
     t_end = time.monotonic() + 60
     while time.monotonic() < t_end and url is None:
