@@ -197,13 +197,16 @@ def synonym_vectors() -> Any | None:
 
 
 def scene_search(col: Collection, query: str | Sequence[str], *, k: int = 20, model_name: str | None = None,
-                 vectors: Any | None = None, min_score: float = 0.0) -> SceneResult:
-    """Images that show every concept of ``query``, best first (SSIR, eqs. 7-13)."""
+                 vectors: Any | None = None, min_score: float = 0.0, model: Any | None = None) -> SceneResult:
+    """Images that show every concept of ``query``, best first (SSIR, eqs. 7-13).
+
+    model: an already loaded concept model (else ``model_name`` is loaded).
+    """
     from cbir.concepts.relevance import COMPONENTS
 
     if k < 1:
         raise InvalidRequest(f"k must be >= 1, got {k}")
-    model = load_concept_model(col, model_name)
+    model = model if model is not None else load_concept_model(col, model_name)
     parsed = parse_query(model, query, vectors)
     text_vec = None
     if model.text is not None:

@@ -51,9 +51,9 @@ def test_unknown_concepts_and_bad_parameters_are_4xx_with_a_reason(scene_client)
     assert client.get("/api/scenes", params={"q": "", "k": 5}).status_code == 422
     assert client.get("/api/scenes", params={"q": "red", "k": 0}).status_code == 422
     r = client.get("/api/scenes", params={"q": "red", "model": "../etc"})
-    assert r.status_code == 400
+    assert r.status_code == 422
     r = client.get("/api/scenes", params={"q": "red", "model": "missing"})
-    assert r.status_code == 400 and "no concept model" in r.json()["detail"]
+    assert r.status_code == 404 and "no concept model" in r.json()["detail"]
 
 
 def test_model_list_and_prediction_for_an_upload(scene_client):

@@ -74,13 +74,14 @@ class ConceptPrediction(BaseModel):
     concepts: list[ConceptScore]
 
 
-def _model_name(name: str | None) -> str | None:
-    import re
+def _load(reader: Any, name: str | None) -> Any:
+    """The named (or only) concept model; a missing one is a 404 that says how to make it."""
+    from cbir.scenes import load_concept_model
 
-    if name is not None and not re.match(MODEL_NAME, name):
-        raise ApiError(400, "invalid_request", f"model name {name!r} must be 1-64 letters, digits, '.', "
-                       "'_' or '-'")
-    return name
+    try:
+        return load_concept_model(reader, name)
+    except InvalidRequest as e:
+        raise ApiError(404, "no_concept_model", str(e)) from None
 
 
 @router.get("/api/scenes", response_model=SceneResponse, responses=ERRORS, tags=["concepts"])
@@ -89,15 +90,15 @@ def scene_search_route(
     q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY,
                             description='concepts, e.g. "sky water boats" or "polar bear, snow"')],
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
-    model: Annotated[str | None, Query(max_length=64, description="concept model (default: the only one)")]
-    = None,
+    model: Annotated[str | None, Query(max_length=64, pattern=MODEL_NAME,
+                                       description="concept model (default: the only one)")] = None,
 ) -> SceneResponse:
     """Images that show ALL the concepts of the query, best first, with per-concept evidence."""
     from cbir.scenes import scene_search
 
     t0 = time.perf_counter()
     reader = _reader(state)
-    res = scene_search(reader, q, k=k, model_name=_model_name(model))
+    res = scene_search(reader, q, k=k, model=_load(reader, model))
     hits = [SceneHitOut(rank=h.rank, id=h.id, path=h.path, name=os.path.basename(h.path), score=h.score,
                         evidence={c: ConceptEvidence(**e) for c, e in h.evidence.items()},
                         components=h.components, tags=h.tags, image_url=f"/api/images/{h.id}",
@@ -124,10 +125,10 @@ def predict_route(
     state: State,
     file: Annotated[UploadFile, File(description="an image (any format Pillow reads)")],
     top: Annotated[int, Form(ge=1, le=100)] = 10,
-    model: Annotated[str | None, Form(max_length=64)] = None,
+    model: Annotated[str | None, Form(max_length=64, pattern=MODEL_NAME)] = None,
 ) -> ConceptPrediction:
     """Predicted concepts with probabilities for an uploaded image (visual classifier)."""
-    from cbir.scenes import load_concept_model, predict_image_concepts
+    from cbir.scenes import predict_image_concepts
 
     limit = state.config.max_upload_bytes
     data = file.file.read(limit + 1)
@@ -135,10 +136,7 @@ def predict_route(
         raise ApiError(413, "payload_too_large", f"the image is larger than {limit} bytes")
     name = os.path.basename(file.filename or "") or "upload"
     reader = _reader(state)
-    try:
-        m = load_concept_model(reader, _model_name(model))
-    except InvalidRequest as e:
-        raise ApiError(404, "no_concept_model", str(e)) from None
+    m = _load(reader, model)
     image = load_image(data, target_size=reader.extractor.input_size, max_pixels=state.config.max_pixels,
                        name=name)
     concepts = predict_image_concepts(reader, [image], [[]], model=m, top=top)[0]

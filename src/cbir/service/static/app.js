@@ -149,7 +149,7 @@ async function runScene(ev) {
     renderScene(data);
   } catch (e) {
     $("#search-status").textContent = "";
-    showError(e.status === 400 && /no concept model/.test(e.message)
+    showError(/no concept model/.test(e.message)
       ? new Error(e.message + " (on the server: cbir concepts train)") : e);
   } finally { btn.disabled = false; }
 }
