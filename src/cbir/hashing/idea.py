@@ -30,11 +30,25 @@ After Liu et al. (idea-context-aware-weak-hashing.txt), on precomputed region fe
   0.96) raw, 0.50 with the scale, before and after training. So by default we scale by
   ``1/sqrt(p)`` (as in Transformer attention); ``scale_attention=False`` gives the
   paper's literal form.
-* Hash head, eq. (4): ``h~ = ReLU(W1 x + b1)`` (256 units), ``h1 = sigmoid(W2 h~ + b2)``
+* Hash head, eq. (4): ``h~ = ReLU(W1 x + b1)`` (512 units by default; the paper's 256:
+  ``hidden=256``), ``h1 = sigmoid(W2 h~ + b2)``
   (bits). Eq. (10): ``h2 = tanh(W3 h~ + b3)``, in the tag-vector space (tag_vectors.dim).
   Eq. (12): ``p = softmax(W4 x + b4)`` over the tag vocabulary.
 * Tag encoder, eq. (5): ``t_i`` = the mean of the image's tag vectors (tags without a
-  vector dropped; images with none take part in L1 only).
+  vector dropped; images with none take part in L1 only), then (ours, ``center_tags=True``)
+  minus the mean of ``t`` over the tagged training images, in L2 and L3 alike. Pretrained
+  word vectors share a large common direction, so the cosines of raw ``t_i`` are all
+  high: on Corel-5K (GloVe) L2's target ``(1 - cos) / 2`` has median 0.19 (same category
+  0.10), against 0.5 for unrelated random codes, so L2 asks every pair to agree on ~80 %
+  of the bits and the codes crowd into a small Hamming ball (12 bits: ~2 bits apart on
+  average). Centred, the median is 0.51 (same category 0.27).
+* Training length and width (ours): 30 epochs (not 10) and 512 hidden units (not 256).
+  Measured on a validation split of the Corel-5K training images (500 held-out images
+  query the other 4,000, which train the model; lambdas (1, 10, 0.01); category
+  relevance mAP at 12 / 32 bits): paper form, 10 epochs 0.145 / 0.206; centred 0.202 /
+  0.227; centred, 30 epochs 0.213 / 0.260; centred, 30 epochs, 512 units 0.223 / 0.282
+  (ITQ 0.184 / 0.260). Keyword relevance rises the same way (0.358 / 0.416 -> 0.409 /
+  0.455). Without centring, 40 epochs do not help (0.140 / 0.201).
 * Loss, eq. (6): ``L = l1 L1 + L2 + l3 L3 + l4 L4`` per minibatch (50 images, as the
   paper), with the paper's sums (see :mod:`cbir.hashing.losses`). The paper's
   "balance parameters 10, 10 and 0.01" are, in order, ``(l1, l3, l4)``: quantisation 10,
@@ -222,8 +236,9 @@ class IDEA(TrainedHasher):
     """IDEA hasher (context attention + L1-L4). See the module docstring for every choice.
 
     pca_dim: fixed PCA of the standardised regions (None = none); proj_dim: learned
-    projection before the attention (None = none); hidden: h~ units (256);
+    projection before the attention (None = none); hidden: h~ units (512; the paper 256);
     scale_attention: softmax(X X^T / sqrt(p)) (True) or softmax(X X^T) (False);
+    center_tags: subtract the training mean of the tag representations (True) or not (paper);
     margin: m of the hinge loss (eq. 9; not given in the paper); lambdas: [l1, l3, l4] or
     None to choose them on a validation split from ``grid`` (None = DEFAULT_GRID) with
     ``val_fraction`` of the tagged images and ``grid_epochs`` (None = max(1, epochs // 2))
@@ -245,14 +260,15 @@ class IDEA(TrainedHasher):
         threads: int = 1,
         pca_dim: int | None = 256,
         proj_dim: int | None = 256,
-        hidden: int = 256,
+        hidden: int = 512,
         scale_attention: bool = True,
+        center_tags: bool = True,
         margin: float = 1.0,
         lambdas: list[float] | None = None,
         grid: list[list[float]] | None = None,
         val_fraction: float = 0.2,
         grid_epochs: int | None = None,
-        epochs: int = 10,
+        epochs: int = 30,
         batch_size: int = 50,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -262,6 +278,7 @@ class IDEA(TrainedHasher):
         self.proj_dim = None if proj_dim is None else _int_param("proj_dim", proj_dim, 1)
         self.hidden = _int_param("hidden", hidden, 1)
         self.scale_attention = bool(scale_attention)
+        self.center_tags = bool(center_tags)
         self.margin = _float_param("margin", margin, 0.0)
         self.lambdas = None if lambdas is None else self._fix_l4(_check_lambdas(lambdas, "lambdas"))
         if grid is not None and (isinstance(grid, str) or not hasattr(grid, "__len__") or len(grid) == 0):
@@ -278,6 +295,7 @@ class IDEA(TrainedHasher):
             proj_dim=self.proj_dim,
             hidden=self.hidden,
             scale_attention=self.scale_attention,
+            center_tags=self.center_tags,
             margin=self.margin,
             lambdas=self.lambdas,
             grid=self.grid,
@@ -353,6 +371,10 @@ class IDEA(TrainedHasher):
             z_all = self._reduce_all(template, regions, q)  # (n, R, q) float16
             info["reduce_seconds"] = round(time.perf_counter() - t0, 3)
             t_all = ts.mean_vectors()
+            if self.center_tags:
+                tagged_mean = t_all[tagged].mean(axis=0, dtype=np.float64).astype(np.float32)
+                t_all[tagged] -= tagged_mean  # untagged rows stay 0 (they only enter L1)
+                info["tag_mean_norm"] = float(np.linalg.norm(tagged_mean))
             if self.lambdas is not None:
                 lam = self.lambdas
             else:
