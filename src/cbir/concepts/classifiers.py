@@ -418,8 +418,33 @@ def fit_meta(opts: FitOptions, val_fraction: float, dropout: float) -> dict[str,
 _HEAD_WEIGHTS = ("norm.mean", "norm.std", "single.weight", "single.bias", "multi.weight", "multi.bias")
 
 
+class TwoHeads:
+    """What the visual and text classifiers share: a single-concept and a multi-concept head."""
+
+    weights: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+    @property
+    def n_single(self) -> int:
+        """C = |V|."""
+        return int(self.weights["single.weight"].shape[0])
+
+    @property
+    def n_multi(self) -> int:
+        """M = |V*|."""
+        return int(self.weights["multi.weight"].shape[0])
+
+    @property
+    def single_loss(self) -> str:
+        return str(self.meta["single_loss"])
+
+    @property
+    def multi_loss(self) -> str:
+        return str(self.meta["multi_loss"])
+
+
 @dataclass
-class ConceptHeads:
+class ConceptHeads(TwoHeads):
     """Trained visual concept heads: ``weights`` (name -> float32 array) and ``meta`` (JSON record)."""
 
     weights: dict[str, np.ndarray]
@@ -450,24 +475,6 @@ class ConceptHeads:
     def hidden(self) -> int:
         """Width of the shared hidden layer (0: linear heads)."""
         return int(self.meta.get("hidden", 0))
-
-    @property
-    def n_single(self) -> int:
-        """C = |V|."""
-        return int(self.weights["single.weight"].shape[0])
-
-    @property
-    def n_multi(self) -> int:
-        """M = |V*|."""
-        return int(self.weights["multi.weight"].shape[0])
-
-    @property
-    def single_loss(self) -> str:
-        return str(self.meta["single_loss"])
-
-    @property
-    def multi_loss(self) -> str:
-        return str(self.meta["multi_loss"])
 
     # -- inference (numpy) ----------------------------------------------------------------
     def _hidden(self, features: np.ndarray) -> np.ndarray:

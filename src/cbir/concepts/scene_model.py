@@ -376,13 +376,6 @@ def read_record(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(val_fraction * n))
-    n_val = min(max(n_val, 1), n - 1)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
 def train_scene_model(
     features: np.ndarray,
     concepts: Sequence[Sequence[str]],
@@ -410,7 +403,7 @@ def train_scene_model(
     :data:`MIN_TAGGED` fit images have a tag ``vectors`` knows). Returns the model and, for
     reports, the validation posteriors and validation concept matrix.
     """
-    from cbir.concepts.classifiers import train_visual_concepts
+    from cbir.concepts.classifiers import split_rows, train_visual_concepts
 
     t0 = time.perf_counter()
     x = np.asarray(features, dtype=np.float32)
@@ -423,7 +416,10 @@ def train_scene_model(
         raise InvalidRequest(f"only {int(labelled.sum())} images carry a concept; a scene model needs at "
                              f"least {MIN_IMAGES} (tag the images, or use --vocab folders)")
     rows = np.flatnonzero(labelled)
-    fit, val = _split(rows.size, val_fraction, seed)
+    if not 0 < val_fraction <= 0.5:
+        raise InvalidRequest(f"val_fraction must be in (0, 0.5]; the fusion weights need validation images, "
+                             f"got {val_fraction}")
+    fit, val = split_rows(rows.size, val_fraction, seed)
     fit, val = rows[fit], rows[val]
     vocab = ConceptVocabulary.from_labels([concepts[i] for i in fit], min_count=min_count,
                                           max_size=max_size, min_support=min_support)

@@ -36,6 +36,7 @@ from cbir.concepts.classifiers import (
     LOSSES,
     EpochFn,
     FitOptions,
+    TwoHeads,
     check_targets,
     concept_posteriors,
     fit_heads,
@@ -106,7 +107,7 @@ def _windows(x: np.ndarray, width: int) -> np.ndarray:
 
 
 @dataclass
-class TextConceptHeads:
+class TextConceptHeads(TwoHeads):
     """A trained SentenceCNN with single (V) and multi (V*) heads: float32 ``weights`` and ``meta``."""
 
     weights: dict[str, np.ndarray]
@@ -153,22 +154,6 @@ class TextConceptHeads:
     @property
     def vectors_name(self) -> str:
         return str(self.meta["vectors"]["name"])
-
-    @property
-    def n_single(self) -> int:
-        return int(self.weights["single.weight"].shape[0])
-
-    @property
-    def n_multi(self) -> int:
-        return int(self.weights["multi.weight"].shape[0])
-
-    @property
-    def single_loss(self) -> str:
-        return str(self.meta["single_loss"])
-
-    @property
-    def multi_loss(self) -> str:
-        return str(self.meta["multi_loss"])
 
     def check_vectors(self, vectors: TagVectors) -> None:
         """Refuse a tag-vector backend other than the one the classifier was trained with."""

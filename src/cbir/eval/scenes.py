@@ -188,13 +188,6 @@ def run(name: str, root: Path, *, settings: Sequence[str] = SETTINGS, k_rcs: Seq
     for setting in settings:
         res = evaluate_setting(setting, feats.features, ds.tags, words, ds.split.train, ds.split.query,
                                vectors=vec, k_rcs=k_rcs, per_size=per_size, seed=seed, log=log)
-        res["rows"] = {r: {str(k): v for k, v in cells.items()} for r, cells in res["rows"].items()}
-        res["queries"] = {str(k): v for k, v in res["queries"].items()}
-        out["settings"][setting] = res
-        out["tables"][setting] = format_table(_int_keys(res))
+        out["tables"][setting] = format_table(res)
+        out["settings"][setting] = res  # int keys become strings when written as JSON
     return out
-
-
-def _int_keys(res: dict[str, Any]) -> dict[str, Any]:
-    return {**res, "queries": {int(k): v for k, v in res["queries"].items()},
-            "rows": {r: {int(k): v for k, v in c.items()} for r, c in res["rows"].items()}}
