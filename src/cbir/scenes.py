@@ -15,6 +15,7 @@ collection needs memory for one chunk only.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,6 @@ def list_concept_models(col: Collection) -> list[dict[str, Any]]:
 
 def load_concept_model(col: Collection, name: str | None = None) -> Any:
     """The named model; with no name, the only one (or the default name)."""
-    from cbir.concepts.scene_model import SceneModel
 
     if name is None:
         names = [m["name"] for m in list_concept_models(col)]
@@ -69,10 +69,33 @@ def load_concept_model(col: Collection, name: str | None = None) -> Any:
             raise InvalidRequest("this collection has no concept model yet; train one with "
                                  "`cbir concepts train` (the images need tags, or use --vocab folders)")
         name = DEFAULT_MODEL if DEFAULT_MODEL in names or len(names) != 1 else names[0]
-    model = SceneModel.load(concepts_dir(col), name)
+    model = _cached_load(concepts_dir(col), name)
     if model.meta.get("extractor") not in (None, col.manifest.extractor):
         raise InvalidRequest(f"concept model {name!r} was trained on {model.meta.get('extractor')!r} "
                              f"features, this collection uses {col.manifest.extractor!r}")
+    return model
+
+
+_LOADED: dict[Path, tuple[tuple[int, int], Any]] = {}
+
+
+def _cached_load(directory: Path, name: str) -> Any:
+    """Load a saved model once per version of its record (the service queries it per request)."""
+    from cbir.concepts.scene_model import SceneModel
+    from cbir.train.registry import check_name
+
+    record = directory / f"{check_name(name)}.json"
+    try:
+        st = record.stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        stamp = None
+    hit = _LOADED.get(record)
+    if stamp is not None and hit is not None and hit[0] == stamp:
+        return hit[1]
+    model = SceneModel.load(directory, name)  # a missing record raises the usual clear error
+    if stamp is not None:
+        _LOADED[record] = (stamp, model)
     return model
 
 
@@ -84,6 +107,7 @@ def delete_concept_model(col: Collection, name: str) -> bool:
     existed = (d / f"{name}.json").exists()
     (d / f"{name}.json").unlink(missing_ok=True)  # the record goes first: the model is gone at once
     (d / f"{name}.safetensors").unlink(missing_ok=True)
+    shutil.rmtree(_word2vec_dir(col, name), ignore_errors=True)
     return existed
 
 
@@ -102,12 +126,37 @@ def image_concepts(records: Sequence[Any], vocab: str) -> list[list[str]]:
     raise InvalidRequest(f"unknown --vocab {vocab!r}; choose from {', '.join(VOCABS)}")
 
 
+_PRETRAINED: dict[str, Any] = {}
+
+
 def _vectors(name: str | None) -> Any:
+    """A pretrained tag-vector backend (glove, minilm), loaded once per process."""
     if not name or name == "none":
         return None
-    from cbir.concepts.tag_vectors import create_tag_vectors
+    if name not in _PRETRAINED:
+        from cbir.concepts.tag_vectors import create_tag_vectors
 
-    return create_tag_vectors(name)
+        _PRETRAINED[name] = create_tag_vectors(name)
+    return _PRETRAINED[name]
+
+
+def _word2vec_dir(col: Collection, name: str) -> Path:
+    return concepts_dir(col) / f"{name}.word2vec"
+
+
+def model_vectors(col: Collection, model: Any) -> Any:
+    """The tag vectors the model's text branch was trained with (None without a text branch).
+
+    word2vec is trained on the collection's own tags and saved beside the model; the
+    pretrained backends are shared by every model.
+    """
+    if model.text is None:
+        return None
+    if model.tag_vectors == "word2vec":
+        from cbir.concepts.tag_vectors import create_tag_vectors
+
+        return create_tag_vectors("word2vec", path=_word2vec_dir(col, model.name))
+    return _vectors(model.tag_vectors)
 
 
 def _records_and_features(col: Collection) -> tuple[list[Any], np.ndarray]:
@@ -134,9 +183,17 @@ def train_concepts(col: Collection, *, name: str = DEFAULT_MODEL, vocab: str = "
     recs, feats = _records_and_features(col)
     concepts = image_concepts(recs, vocab)
     tags = [list(r.tags) for r in recs] if any(r.tags for r in recs) else None
-    vec = _vectors(vectors) if tags is not None else None
+    vec = None
+    if tags is not None and vectors == "word2vec":  # skip-gram on the collection's own tags
+        from cbir.concepts.tag_vectors import create_tag_vectors
+
+        vec = create_tag_vectors("word2vec", corpus=[t for t in tags if t])
+    elif tags is not None:
+        vec = _vectors(vectors)
     meta = {"vocab": vocab, "extractor": col.manifest.extractor}
     model, _, _ = train_scene_model(feats, concepts, tags, name=name, vectors=vec, meta=meta, log=log, **kw)
+    if model.text is not None and model.tag_vectors == "word2vec":
+        vec.save(_word2vec_dir(col, name))  # before the record: the record is the commit point
     model.save(concepts_dir(col), overwrite=overwrite)
     return model
 
@@ -179,21 +236,14 @@ def parse_query(model: Any, query: str | Sequence[str], vectors: Any | None = No
     return parse_concept_query(query, model.concepts, vectors)
 
 
-_SYNONYMS: list[Any] = []
-
-
 def synonym_vectors() -> Any | None:
-    """Word vectors for reading synonyms in queries: MiniLM, else GloVe, else none (cached)."""
-    if not _SYNONYMS:
-        found = None
-        for name in ("minilm", "glove"):
-            try:
-                found = _vectors(name)
-                break
-            except Exception:  # noqa: BLE001 — synonyms are a convenience; exact names still work
-                continue
-        _SYNONYMS.append(found)
-    return _SYNONYMS[0]
+    """Word vectors for reading synonyms in queries: MiniLM, else GloVe, else none."""
+    for name in ("minilm", "glove"):
+        try:
+            return _vectors(name)
+        except Exception:  # noqa: BLE001 — synonyms are a convenience; exact names still work
+            continue
+    return None
 
 
 def scene_search(col: Collection, query: str | Sequence[str], *, k: int = 20, model_name: str | None = None,
@@ -208,10 +258,7 @@ def scene_search(col: Collection, query: str | Sequence[str], *, k: int = 20, mo
         raise InvalidRequest(f"k must be >= 1, got {k}")
     model = model if model is not None else load_concept_model(col, model_name)
     parsed = parse_query(model, query, vectors)
-    text_vec = None
-    if model.text is not None:
-        text_vec = vectors if vectors is not None and getattr(vectors, "name", None) == model.tag_vectors \
-            else _vectors(model.tag_vectors)
+    text_vec = model_vectors(col, model)
     recs, feats = _records_and_features(col)
     q = model.query(parsed.concepts)
     scores = np.empty(len(recs))
@@ -255,7 +302,7 @@ def predict_image_concepts(col: Collection, images: Sequence[Any], tags: Sequenc
     feats = l2_normalize(embed_images(list(images), col.extractor).features)
     use_text = model.text is not None and any(tags)
     post = model.posteriors(feats, [list(t) for t in tags] if use_text else None,
-                            _vectors(model.tag_vectors) if use_text else None)
+                            model_vectors(col, model) if use_text else None)
     prob = model.concept_probabilities(post)
     out = []
     for row in prob:

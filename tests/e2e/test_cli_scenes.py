@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,18 @@ def test_untagged_collection_is_refused_clearly(tmp_path, capsys):
     run(capsys, "-c", c, "index", str(photos), "--extractor", "colorhist", "-q")
     code, _, err = run(capsys, "-c", c, "concepts", "train", "--vectors", "none")
     assert code == 2 and "carry a concept" in err and "--vocab folders" in err
+
+
+def test_word2vec_text_branch_is_trained_on_the_collection_and_kept_with_the_model(coll, capsys):
+    pytest.importorskip("gensim")
+    c, _, truth = coll
+    code, out, err = run(capsys, "-c", c, "concepts", "train", "--vectors", "word2vec", "--json")
+    assert code == 0, err
+    assert json.loads(out)["text_branch"] is True
+    code, out, err = run(capsys, "-c", c, "scene", "green", "-k", "5", "--json")
+    assert code == 0, err
+    hits = json.loads(out)["hits"]
+    assert sum("green" in truth[h["path"]] for h in hits) >= 4
+    assert any(h["evidence"]["green"]["text"] is not None for h in hits)
+    assert run(capsys, "-c", c, "concepts", "delete", "scenes")[0] == 0
+    assert not any(p.name.endswith(".word2vec") for p in (Path(c) / "concepts").iterdir())
