@@ -247,3 +247,26 @@ def test_pca_reduction_when_regions_are_wider_than_pca_dim(data):
     codes = h.encode(data["xq"], regions=data["rq"])
     assert codes.shape == (NQ, 2) and codes.dtype == np.uint8
     np.testing.assert_array_equal(codes, pack_bits(h.project(data["xq"], regions=data["rq"]) > 0))
+
+
+def test_reduced_regions_encode_like_regions_and_are_shared_by_one_reduction(data):
+    def one(name: str, bits: int, seed: int = 0):
+        return create_hasher(name, bits, pca_dim=8, lambdas=[10, 10, 0.01], epochs=1, seed=seed).fit(
+            data["xb"], regions=data["rb"], tags=data["tags"], tag_vectors=data["tv"]
+        )
+
+    h, a, other = one("idea", 16), one("idea-a", 32), one("idea", 16, seed=1)
+    # the fixed transform depends on the training images and the seed, not on the method or length
+    assert h.reduction_key() == a.reduction_key() != other.reduction_key()
+    z = h.reduce(data["rq"])
+    assert z.shape == (NQ, 49, 8) and z.dtype == np.float16
+    for model in (h, a):
+        np.testing.assert_array_equal(
+            model.encode(data["xq"], reduced=z), model.encode(data["xq"], regions=data["rq"])
+        )
+    with pytest.raises(InvalidRequest, match="not both"):
+        h.encode(data["xq"], regions=data["rq"], reduced=z)
+    with pytest.raises(InvalidRequest, match="shape"):
+        h.encode(data["xq"], reduced=z[:, :, :4])
+    with pytest.raises(InvalidRequest, match="not fitted"):
+        create_hasher("idea", 16).reduction_key()

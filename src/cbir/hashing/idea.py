@@ -516,6 +516,50 @@ class IDEA(TrainedHasher):
                 out[i : i + ENCODE_BATCH] = idea_head(net, batch, arch)["h1"].numpy()
         return out
 
+    def reduction_key(self) -> str:
+        """sha256 of the fixed input transform (channel mean / std and PCA) of the fitted model.
+
+        Two fitted IDEA models with the same key map regions to the same reduced regions
+        (:meth:`reduce`), so a caller encoding one database with several models (every code
+        length, idea / idea-l / idea-a fitted on the same images with the same seed) can
+        reduce it once and pass ``reduced=`` to :meth:`encode`.
+        """
+        import hashlib
+
+        self._model()
+        h = hashlib.sha256(f"{self.arch_['region_dim']}:{self.arch_['reduced_dim']}".encode())
+        for k in sorted(self.model_arrays_ or {}):
+            if k.startswith("reduce."):
+                h.update(k.encode())
+                h.update(np.ascontiguousarray(self.model_arrays_[k], dtype=np.float32).tobytes())
+        return h.hexdigest()
+
+    def reduce(self, regions: Any) -> np.ndarray:
+        """(n, n_regions, c) regions -> (n, n_regions, reduced_dim) float16, the model's fixed part."""
+        import torch
+
+        net = self._model()
+        n = 0 if regions is None or np.ndim(regions) == 0 else np.shape(regions)[0]
+        r = _as_regions(regions, n, self.name, int(self.arch_["region_dim"]))
+        with _training().torch_session(None, self.threads), torch.inference_mode():
+            return self._reduce_all(net, r, int(self.arch_["reduced_dim"]))
+
+    def _h1_from(self, features: np.ndarray, regions: Any, reduced: Any) -> np.ndarray:
+        x = self._check_fitted(features)
+        n = x.shape[0]
+        if reduced is None:
+            r = _as_regions(regions, n, self.name, int(self.arch_["region_dim"]))
+            return self._h1(r)
+        if regions is not None:
+            raise InvalidRequest("pass regions= or reduced=, not both")
+        z = np.asarray(reduced)
+        q = int(self.arch_["reduced_dim"])
+        if z.ndim != 3 or z.shape[0] != n or z.shape[2] != q:
+            raise InvalidRequest(f"reduced regions must have shape ({n}, n_regions, {q}); got {z.shape}")
+        net = self._model()
+        with _training().torch_session(None, self.threads):
+            return self._h1_reduced(net, self.arch_, z)
+
     def _h1(self, regions: Any) -> np.ndarray:
         """(n, bits) float32 sigmoid outputs h1 of the fitted model for (n, R, c) regions."""
         import torch
@@ -527,20 +571,21 @@ class IDEA(TrainedHasher):
         with training.torch_session(None, self.threads), torch.inference_mode():
             for i in range(0, n, ENCODE_BATCH):
                 batch = torch.from_numpy(_region_batch(regions, np.arange(i, min(n, i + ENCODE_BATCH))))
-                out[i : i + ENCODE_BATCH] = idea_forward(net, batch, self.arch_)["h1"].numpy()
+                # through float16, as in training and in encode(reduced=): the same codes either way
+                z = idea_reduce(net, batch).to(torch.float16).to(torch.float32)
+                out[i : i + ENCODE_BATCH] = idea_head(net, z, self.arch_)["h1"].numpy()
         return out
 
-    def project(self, features: np.ndarray, regions: Any = None) -> np.ndarray:
-        """``h1 - 0.5`` (n, bits) float32 from the features and their (n, n_regions, c) regions."""
-        x = self._check_fitted(features)
-        r = _as_regions(regions, x.shape[0], self.name, int(self.arch_["region_dim"]))
-        return self._h1(r) - np.float32(0.5)
+    def project(self, features: np.ndarray, regions: Any = None, *, reduced: Any = None) -> np.ndarray:
+        """``h1 - 0.5`` (n, bits) float32 from the features and their regions (or :meth:`reduce` of them)."""
+        return self._h1_from(features, regions, reduced) - np.float32(0.5)
 
-    def encode(self, features: np.ndarray, regions: Any = None) -> np.ndarray:
-        """(n, d) features + (n, n_regions, c) regions -> packed uint8 (n, ceil(bits/8)); bit = h1 > 0.5."""
-        x = self._check_fitted(features)
-        r = _as_regions(regions, x.shape[0], self.name, int(self.arch_["region_dim"]))
-        return pack_bits(self._h1(r) > 0.5)
+    def encode(self, features: np.ndarray, regions: Any = None, *, reduced: Any = None) -> np.ndarray:
+        """(n, d) features + (n, n_regions, c) regions -> packed uint8 (n, ceil(bits/8)); bit = h1 > 0.5.
+
+        reduced: instead of ``regions``, their :meth:`reduce` (same result, see :meth:`reduction_key`).
+        """
+        return pack_bits(self._h1_from(features, regions, reduced) > 0.5)
 
     def _project(self, x: np.ndarray) -> np.ndarray:
         raise InvalidRequest(f"{self.name} needs the region features: call encode(features, regions=...)")
