@@ -44,6 +44,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers, comma-separated, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
+    return seeds
+
+
 def _fraction(text: str) -> float:
     try:
         v = float(text)
@@ -262,11 +272,25 @@ def cmd_eval_hashing(args: argparse.Namespace) -> int:
     from cbir.eval.hashing_benchmark import run, write_json
 
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    result = run(args.dataset, args.root or Path(".data") / args.dataset,
-                 methods=[m for m in args.methods.split(",") if m], bits=args.bits,
-                 vectors=args.vectors, seed=args.seed,
-                 relevance=[r for r in args.relevance.split(",") if r], plot=args.plot,
-                 log=log, progress=not args.quiet)
+    runs = []
+    for seed in args.seed:
+        if len(args.seed) > 1:
+            log(f"-- seed {seed}")
+        runs.append(run(args.dataset, args.root or Path(".data") / args.dataset,
+                        methods=[m for m in args.methods.split(",") if m], bits=args.bits,
+                        vectors=args.vectors, seed=seed,
+                        relevance=[r for r in args.relevance.split(",") if r], plot=args.plot,
+                        log=log, progress=not args.quiet, collection_dir=args.collection))
+    result = runs[0]
+    if len(runs) > 1:
+        from cbir.eval.hashing_seeds import format_seed_tables, summarize_seeds
+
+        summary = summarize_seeds([r["results"] for r in runs], args.metric, args.baseline)
+        result = {"dataset": runs[0]["dataset"], "protocol": runs[0]["protocol"],
+                  "seeds": args.seed, "metric": args.metric, "baseline": args.baseline,
+                  "summary": summary, "runs": runs,
+                  "tables": {k: format_seed_tables(summary, k, args.metric, args.baseline)
+                             for k in summary}}
     if args.out:
         write_json(result, args.out)
     if args.json:
@@ -404,7 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "puts nearly every pair above the similarity threshold)")
     e.add_argument("--relevance", default="labels",
                    help="labels (the class/category), and for Corel-5K also keywords; comma-separated")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=_seeds, default=[0],
+                   help="seed, or comma-separated seeds: then also mean ± sd per cell and the "
+                        "paired difference of each method to --baseline")
+    e.add_argument("--metric", default="mAP@5000", help="the metric summarised over seeds")
+    e.add_argument("--baseline", default="itq", help="the method others are paired with over seeds")
     e.add_argument("--out", type=Path, default=None, help="write all metrics as JSON here")
     e.add_argument("--plot", type=Path, default=None, help="PR curves PNG at the largest bit length")
     e.add_argument("--quiet", "-q", action="store_true")

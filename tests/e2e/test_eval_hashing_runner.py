@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cbir.eval.hashing_benchmark import run
@@ -48,3 +49,29 @@ def test_runner_prints_the_papers_tables(tmp_path):
         assert "mAP@5000" in result["tables"][kind] and "16 bits" in result["tables"][kind]
     assert (tmp_path / "pr.png").stat().st_size > 1000
     json.dumps(result)  # everything is JSON-serialisable
+
+
+def test_cli_over_several_seeds_prints_mean_sd_and_paired_differences(tmp_path, capsys):
+    from cbir.cli import main
+
+    root = _fake_corel(tmp_path / "corel5k")
+    out = tmp_path / "seeds.json"
+    code = main(["-c", str(tmp_path / "coll"), "eval", "hashing", "corel5k", "--root", str(root),
+                 "--methods", "lsh,itq", "--bits", "8,16", "--seed", "0,1,2", "--quiet", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "mean ± sd over 3 seeds" in text and "paired difference to itq" in text
+    result = json.loads(out.read_text())
+    assert result["seeds"] == [0, 1, 2] and len(result["runs"]) == 3
+    assert [r["seed"] for r in result["runs"]] == [0, 1, 2]
+    cell = result["summary"]["labels"]["lsh"]["16"]
+    values = [r["results"]["labels"]["lsh"]["16"]["mAP@5000"] for r in result["runs"]]
+    assert cell["values"] == values and cell["mean"] == sum(values) / 3
+    assert len(set(values)) > 1  # LSH's random projections differ by seed
+    itq = [r["results"]["labels"]["itq"]["16"]["mAP@5000"] for r in result["runs"]]
+    diffs = [v - b for v, b in zip(values, itq, strict=True)]
+    assert cell["wins"] == sum(d > 0 for d in diffs)
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "hashing", "corel5k", "--seed", "1,1"])
+    assert exc.value.code == 2
+    assert "distinct seeds" in capsys.readouterr().err
