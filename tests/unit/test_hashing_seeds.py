@@ -35,5 +35,6 @@ def test_summary_by_hand():
     text = format_seed_tables(summarize_seeds(runs), "labels", "mAP@5000", "itq")
     assert "mean ± sd over 3 seeds" in text and "0.250 ± 0.050" in text
     assert "+0.030 ± 0.062 (2/3)" in text
+    assert "0.400 ± 0.000 (n=1)" in text  # idea at 64 bits: one run only
     with pytest.raises(InvalidRequest):
         summarize_seeds([])

@@ -84,13 +84,17 @@ def _bits_order(per_kind: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def format_seed_tables(summary: Mapping[str, Any], kind: str, metric: str, baseline: str | None) -> str:
-    """Two tables for one relevance kind: mean ± sd, then the paired difference to the baseline."""
+    """Two tables for one relevance kind: mean ± sd, then the paired difference to the baseline.
+
+    A cell summarised over fewer runs than the most says so: ``0.049 ± 0.000 (n=1)``.
+    """
     per_kind = summary[kind]
     cols = _bits_order(per_kind)
 
     def head(k: str) -> str:
         return f"{k} bits" if k.isdigit() else k
 
+    n = max((c["n"] for cells in per_kind.values() for c in cells.values()), default=0)
     rows, diff_rows = [], []
     for method, cells in per_kind.items():
         row: dict[str, object] = {"method": method}
@@ -98,13 +102,13 @@ def format_seed_tables(summary: Mapping[str, Any], kind: str, metric: str, basel
         for k in cols:
             if k in cells:
                 c = cells[k]
-                row[head(k)] = f"{c['mean']:.3f} ± {c['sd']:.3f}"
+                fewer = f" (n={c['n']})" if c["n"] < n else ""
+                row[head(k)] = f"{c['mean']:.3f} ± {c['sd']:.3f}{fewer}"
                 if "diff_mean" in c:
                     drow[head(k)] = f"{c['diff_mean']:+.3f} ± {c['diff_sd']:.3f} ({c['wins']}/{c['n']})"
         rows.append(row)
         if len(drow) > 1:
             diff_rows.append(drow)
-    n = max((c["n"] for cells in per_kind.values() for c in cells.values()), default=0)
     text = f"{metric}, mean ± sd over {n} seeds\n" + format_table(rows, ["method", *map(head, cols)])
     if baseline and diff_rows:
         text += (f"\n\n{metric}: paired difference to {baseline} (same seed), mean ± sd "
