@@ -79,7 +79,12 @@ str, tag_vectors=TagVectorsLike, progress=None); regions are converted to float3
 minibatch at a time (a memory map works; the reduced regions are then cached, see
 above). ``features`` (the pooled vectors) are only checked: the image encoder reads the
 regions. encode(features, regions=...) needs the
-regions too and raises InvalidRequest without them.
+regions too and raises InvalidRequest without them. To encode one large database with
+several models, reduce its regions once (``z = model.reduce(regions)``, float16, 5x
+smaller) and call ``encode(features, reduced=z)`` on every model whose
+``reduction_key()`` matches: models fitted on the same images with the same seed share it.
+Both paths round the reduced regions to float16, as training does, so they give the same
+codes.
 """
 
 from __future__ import annotations
