@@ -13,7 +13,8 @@ dataset's class relevance:
 * ITQ on the pooled 1280-d features (what `cbir eval hashing` reports as ITQ);
 * ITQ on the mean of the standardised regions (1280-d, no PCA: the standardisation alone);
 * ITQ on the mean of IDEA's reduced regions (256-d: standardisation + PCA, IDEA's input);
-* IDEA itself (optional, --idea: trains one IDEA model per seed and length, ~1 min each).
+* IDEA itself (optional, --idea: trains one IDEA model per seed, length and --idea-pca
+  value, 1-2 min each), with the loss weights fixed at (10, 1, 0.01).
 
 The reduction is IDEA's own (an IDEA model fitted with 0 epochs on the same split and
 seed). Prints a table of means over seeds, writes JSON.
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bits", default="12,16,24,32,48,64")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--idea", action="store_true", help="also train IDEA (lambdas 10, 1, 0.01)")
+    p.add_argument("--idea-pca", default="256",
+                   help="IDEA's pca_dim, comma-separated: one IDEA row per value (with --idea)")
     p.add_argument("--out", type=Path, default=Path("bench/results/idea-input.json"))
     args = p.parse_args(argv)
     bits = [int(b) for b in args.bits.split(",")]
@@ -82,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             for name, rep in reps.items():
                 itq = create_hasher("itq", b, seed=seed).fit(rep["train"])
                 score(f"ITQ on {name}", b, itq.encode(rep["query"]), itq.encode(rep["database"]))
-            if args.idea:
-                h = create_hasher("idea", b, seed=seed, lambdas=[10, 1, 0.01]).fit(
+            for pca in [int(v) for v in args.idea_pca.split(",")] if args.idea else []:
+                h = create_hasher("idea", b, seed=seed, lambdas=[10, 1, 0.01], pca_dim=pca).fit(
                     feats.features[train], regions=feats.regions(train), tags=tags, tag_vectors=vectors)
                 qc = h.encode(feats.features[q], reduced=h.reduce(feats.regions(q)))
                 dc = h.encode(feats.features[db], reduced=h.reduce(feats.regions(db)))
-                score("IDEA (10, 1, 0.01)", b, qc, dc)
+                score(f"IDEA (10, 1, 0.01), pca_dim {pca}", b, qc, dc)
             log(f"  {b} bits: " + ", ".join(f"{k} {v[b][-1]:.4f}" for k, v in results.items()))
     rows = []
     for name, per in results.items():
