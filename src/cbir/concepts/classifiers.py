@@ -566,17 +566,13 @@ def train_visual_concepts(
     z = ((x - mean) / std).astype(np.float32)
 
     torch = import_torch()
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net, forward = build_visual_net(torch, x.shape[1], hidden, ys.shape[1], ym.shape[1], dropout)
-            record = fit_heads(torch, net, forward, (torch.from_numpy(z),), torch.from_numpy(ys),
-                               torch.from_numpy(ym), tr, va, opts, on_epoch, independent=hidden == 0)
-            state = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.state_dict().items()}
-    finally:
-        torch.set_num_threads(threads_before)
+    from cbir.hashing.training import module_arrays, torch_session
+
+    with torch_session(seed, threads):
+        net, forward = build_visual_net(torch, x.shape[1], hidden, ys.shape[1], ym.shape[1], dropout)
+        record = fit_heads(torch, net, forward, (torch.from_numpy(z),), torch.from_numpy(ys),
+                           torch.from_numpy(ym), tr, va, opts, on_epoch, independent=hidden == 0)
+        state = module_arrays(net)
     weights = {"norm.mean": mean.astype(np.float32), "norm.std": std, **state}
     meta: dict[str, Any] = {
         "format": VISUAL_FORMAT,

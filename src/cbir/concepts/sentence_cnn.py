@@ -319,19 +319,15 @@ def train_text_concepts(
     tr, va = split_rows(len(rows), val_fraction, seed)
 
     torch = import_torch()
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net, forward = build_text_net(torch, int(vectors.dim), widths, filters, ys.shape[1], ym.shape[1],
-                                          dropout)
-            inputs = (torch.from_numpy(x), torch.from_numpy(mask))
-            record = fit_heads(torch, net, forward, inputs, torch.from_numpy(ys), torch.from_numpy(ym),
-                               tr, va, opts, on_epoch)
-            weights = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.state_dict().items()}
-    finally:
-        torch.set_num_threads(threads_before)
+    from cbir.hashing.training import module_arrays, torch_session
+
+    with torch_session(seed, threads):
+        net, forward = build_text_net(torch, int(vectors.dim), widths, filters, ys.shape[1], ym.shape[1],
+                                      dropout)
+        inputs = (torch.from_numpy(x), torch.from_numpy(mask))
+        record = fit_heads(torch, net, forward, inputs, torch.from_numpy(ys), torch.from_numpy(ym),
+                           tr, va, opts, on_epoch)
+        weights = module_arrays(net)
     record["n_without_text"] = int(n - len(rows))
     meta: dict[str, Any] = {
         "format": TEXT_FORMAT,

@@ -133,7 +133,6 @@ class ReducedRegions:
         self.feats, self.chunk = feats, chunk
         self._key: str | None = None
         self._sets: dict[bytes, np.ndarray] = {}
-        self.reductions = 0
 
     def get(self, hasher: Any, idx: np.ndarray) -> np.ndarray:
         key = hasher.reduction_key()
@@ -141,7 +140,6 @@ class ReducedRegions:
             self._key, self._sets = key, {}
         tag = np.ascontiguousarray(idx, dtype=np.int64).tobytes()
         if tag not in self._sets:
-            self.reductions += 1
             parts = [hasher.reduce(self.feats.regions(idx[s:s + self.chunk]))
                      for s in range(0, len(idx), self.chunk)]
             self._sets[tag] = np.concatenate(parts)
@@ -149,10 +147,9 @@ class ReducedRegions:
 
 
 def _encode(hasher: Any, method: str, feats: StoredFeatures, idx: np.ndarray,
-            reduced: ReducedRegions | None = None) -> np.ndarray:
+            reduced: ReducedRegions) -> np.ndarray:
     if method in REGION_METHODS:
-        cache = reduced or ReducedRegions(feats)
-        return hasher.encode(feats.features[idx], reduced=cache.get(hasher, idx))
+        return hasher.encode(feats.features[idx], reduced=reduced.get(hasher, idx))
     return hasher.encode(feats.features[idx])
 
 

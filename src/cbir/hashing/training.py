@@ -1,4 +1,5 @@
-"""Shared torch plumbing of the trained hashers (wdht, ws-dsh, ws-hashnet, idea*).
+"""Shared torch plumbing of the trained hashers (wdht, ws-dsh, ws-hashnet, idea*), also used by
+the concept classifiers (:mod:`cbir.concepts.classifiers`, :mod:`cbir.concepts.sentence_cnn`).
 
 Imports torch at import time. :mod:`cbir.hashing.weak` and :mod:`cbir.hashing.idea` are
 torch-free at import and import this module inside ``fit`` / ``encode`` / ``load``, so
