@@ -9,6 +9,8 @@ the collection (same sha256) reuses the stored vector instead of being embedded 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import sys
 import threading
@@ -17,13 +19,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cbir.collection import Collection
 from cbir.extract.base import top_labels
 from cbir.extract.pipeline import embed_files
-from cbir.io.files import FoundFile, SkippedFile, iter_files
+from cbir.io.files import DEFAULT_MAX_BYTES, FoundFile, SkippedFile, iter_files
+from cbir.io.saferead import read_file
 from cbir.io.tags import read_tags
 from cbir.store import ImageRecord
 
@@ -65,6 +69,26 @@ class IndexReport:
         }
 
 
+ROOTS_META = "indexed_roots"
+
+
+def indexed_roots(catalog: Any) -> list[str]:
+    """The folders (or files) ever indexed into a catalog, as real paths at indexing time."""
+    try:
+        roots = json.loads(catalog.get_meta(ROOTS_META) or "[]")
+    except ValueError:
+        return []
+    return [r for r in roots if isinstance(r, str)] if isinstance(roots, list) else []
+
+
+def record_roots(collection: Collection, roots: Iterable[Path]) -> None:
+    """Remember the real paths of ``roots`` (resolved now, so a later swap leads nowhere)."""
+    known = indexed_roots(collection.catalog)
+    new = [r for r in (os.path.realpath(p) for p in roots) if r not in known]
+    if new:
+        collection.catalog.set_meta(ROOTS_META, json.dumps(sorted(known + new)))
+
+
 def _abspath(p: Path | str) -> str:
     return os.path.abspath(os.fspath(p))
 
@@ -78,7 +102,8 @@ def _is_utf8(path: str) -> bool:
 
 
 def plan(collection: Collection, roots: Iterable[Path], *, retry_errors: bool = False,
-         follow_symlinks: bool = True) -> tuple[list[FoundFile], list[str], list[tuple[str, str]], int]:
+         follow_symlinks: bool = True, max_bytes: int = DEFAULT_MAX_BYTES,
+         ) -> tuple[list[FoundFile], list[str], list[tuple[str, str]], int]:
     """Walk ``roots`` and compare with the catalog.
 
     Returns (files to process, catalog paths to remove, walker skips, unchanged count).
@@ -91,7 +116,7 @@ def plan(collection: Collection, roots: Iterable[Path], *, retry_errors: bool = 
         root_abs = _abspath(root)
         known = collection.catalog.file_states(under=root_abs)
         seen: set[str] = set()
-        for item in iter_files(Path(root_abs), follow_symlinks=follow_symlinks):
+        for item in iter_files(Path(root_abs), follow_symlinks=follow_symlinks, max_bytes=max_bytes):
             if isinstance(item, SkippedFile):
                 skipped.append((item.path, item.reason))
                 continue
@@ -106,7 +131,7 @@ def plan(collection: Collection, roots: Iterable[Path], *, retry_errors: bool = 
             ):
                 unchanged += 1
             else:
-                todo.append(FoundFile(Path(path), item.size, item.mtime_ns))
+                todo.append(dataclasses.replace(item, path=Path(path)))
         remove += [p for p in known if p not in seen]
     return todo, remove, skipped, unchanged
 
@@ -124,6 +149,7 @@ def index_paths(
     on_progress: ProgressFn | None = None,
     stop: threading.Event | None = None,
     follow_symlinks: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> IndexReport:
     """Bring the collection up to date with ``roots`` (folders or single files).
 
@@ -131,13 +157,18 @@ def index_paths(
     called after each result (for services); ``stop`` ends the run cleanly after the
     current batch is committed. ``follow_symlinks=False`` ignores symbolic links (the
     service uses it so that a link cannot reach files outside an allowed root).
+    Files are read once each, through cbir.io.saferead: a file that became a link, FIFO,
+    device or another file since the walk, or grew past ``max_bytes``, is skipped with the
+    reason. The roots are recorded in the catalog (the service serves files under them only).
     """
     t0 = time.perf_counter()
     roots = [Path(r) for r in roots]
     report = IndexReport()
     todo, remove, report.skipped, report.unchanged = plan(
-        collection, roots, retry_errors=retry_errors, follow_symlinks=follow_symlinks)
+        collection, roots, retry_errors=retry_errors, follow_symlinks=follow_symlinks,
+        max_bytes=max_bytes)
     catalog = collection.catalog
+    record_roots(collection, roots)
     known_states = {}
     for root in roots:
         known_states.update(catalog.file_states(under=_abspath(root)))
@@ -163,6 +194,15 @@ def index_paths(
         def known_content(_key: int, sha256: str) -> bool:
             return sha256 not in hashes
 
+        def read(key: int, _path: Path) -> bytes:
+            f = todo[key]
+            return read_file(f.read_path, max_bytes=max_bytes, identity=f.ident, label=str(f.path))
+
+        def tags_of(key: int, _path: Path, data: bytes) -> list[str]:
+            return read_tags(todo[key].path, data=data)
+
+        run_hashes: set[str] = set()  # contents embedded in this run, not yet committed
+
         bar = None
         if progress:
             from tqdm import tqdm
@@ -173,7 +213,7 @@ def index_paths(
         done = 0
         try:
             for res in embed_files(items, extractor, batch_size=batch_size, regions=regions,
-                                   read_hook=known_content):
+                                   read_hook=known_content, reader=read, inspect=tags_of):
                 f = todo[res.key]
                 path = str(f.path)
                 rec = ImageRecord(path=path, size=f.size, mtime_ns=f.mtime_ns, sha256=res.sha256,
@@ -195,13 +235,16 @@ def index_paths(
                             rec.regions = catalog.regions([twin.id]).get(twin.id)
                         report.duplicates += 1
                 else:
+                    if res.sha256 in hashes or res.sha256 in run_hashes:
+                        report.duplicates += 1  # same content twice in flight: both embedded
+                    run_hashes.add(res.sha256)
                     rec.feature = res.features
                     if res.probs is not None:
                         rec.labels = top_labels(res.probs[None, :], extractor.class_names, 5)[0]
                         rec.top_class = int(np.argmax(res.probs))
                     rec.regions = res.regions if regions else None
                 if rec.status == "ok":
-                    rec.tags = read_tags(f.path)
+                    rec.tags = res.extra if isinstance(res.extra, list) else []
                     if path in known_states:
                         report.updated += 1
                     else:
@@ -213,10 +256,10 @@ def index_paths(
                     bar.update(1)
                 if on_progress is not None:
                     on_progress(done, len(todo))
+                if stop is not None and stop.is_set():
+                    break  # the finally below commits what is pending: cancel is prompt
                 if len(pending) >= commit_every or time.monotonic() - last_commit > commit_seconds:
                     flush()
-                    if stop is not None and stop.is_set():
-                        break
         finally:
             # every pending record is complete on its own, so even on Ctrl-C we keep them
             flush()

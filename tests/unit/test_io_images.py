@@ -244,15 +244,15 @@ def test_unreadable_file_real(bad: dict[str, Path]) -> None:
 
 
 def test_unreadable_file_simulated(bad: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    import builtins
+    import os
 
-    real_open = builtins.open
+    real_open = os.open  # files are opened by descriptor (cbir.io.saferead)
 
     def deny(file: object, *args: object, **kwargs: object) -> object:
         if str(file) == str(bad["unreadable"]):
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(builtins, "open", deny)
+    monkeypatch.setattr(os, "open", deny)
     with pytest.raises(InvalidImage, match="permission denied"):
         load_image(bad["unreadable"])

@@ -32,12 +32,18 @@ from PIL import Image
 
 from cbir.errors import CbirError, InvalidImage
 from cbir.extract.base import Embedding, FeatureExtractor
-from cbir.io.images import image_size, load_image, os_error_reason
+from cbir.io.images import MAX_FILE_BYTES, image_size, load_image, os_error_reason
+from cbir.io.saferead import read_file
 
 K = TypeVar("K")
 
 #: read_hook(key, sha256_hex) -> False to skip decoding (e.g. that content is already indexed).
 ReadHook = Callable[[K, str], bool]
+#: reader(key, path) -> the file's bytes; raises InvalidImage with the reason it cannot.
+Reader = Callable[[K, Path], bytes]
+#: inspect(key, path, data) -> anything the caller wants from the bytes (e.g. embedded tags),
+#: kept in ItemResult.extra; it runs in the decode thread and must not raise.
+Inspect = Callable[[K, Path, bytes], object]
 
 @dataclass
 class ItemResult(Generic[K]):
@@ -50,6 +56,7 @@ class ItemResult(Generic[K]):
     regions: (h*w, c) float32 when requested. All None on error or skip.
     error: a one-line reason when the file could not be read or decoded.
     skipped: True when ``read_hook`` returned False (features are to be reused).
+    extra: what ``inspect`` returned for the file's bytes (None without inspect).
     """
 
     key: K
@@ -63,6 +70,7 @@ class ItemResult(Generic[K]):
     regions: np.ndarray | None = None
     error: str | None = None
     skipped: bool = False
+    extra: object = None
 
     @property
     def ok(self) -> bool:
@@ -90,19 +98,32 @@ def _display_size(data: bytes, name: str) -> tuple[int, int]:
         return 0, 0
 
 
-def _decode(key: K, path: Path, extractor: FeatureExtractor,
-            read_hook: ReadHook | None) -> tuple[ItemResult[K], np.ndarray | None]:
+def default_reader(_key: object, path: Path) -> bytes:
+    """Read a file given by the caller (links followed; FIFOs, devices, > 512 MB refused)."""
+    return read_file(path, max_bytes=MAX_FILE_BYTES, follow_symlinks=True)
+
+
+def _decode(key: K, path: Path, extractor: FeatureExtractor, read_hook: ReadHook | None,
+            reader: Reader = default_reader, inspect: Inspect | None = None,
+            ) -> tuple[ItemResult[K], np.ndarray | None]:
     """Worker: read, hash, maybe skip, decode, preprocess. Never raises for a bad file."""
     res: ItemResult[K] = ItemResult(key, path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = reader(key, path)
+    except InvalidImage as e:
+        res.error = e.reason or "cannot read the file"
+        return res, None
     except OSError as e:
         res.error = os_error_reason(e, path)
         return res, None
     res.size = len(data)
     res.sha256 = hashlib.sha256(data).hexdigest()
     res.width, res.height = _display_size(data, str(path))
+    if inspect is not None:
+        try:
+            res.extra = inspect(key, path, data)
+        except Exception:  # noqa: BLE001 - metadata is optional, the image still counts
+            res.extra = None
     if read_hook is not None and not read_hook(key, res.sha256):
         res.skipped = True
         return res, None
@@ -137,6 +158,7 @@ def embed_files(items: Iterable[tuple[K, Path]], extractor: FeatureExtractor, *,
                 batch_size: int = 32, decode_workers: int | None = None,
                 regions: bool = False, read_hook: ReadHook | None = None,
                 infer_workers: int | None = None, max_pending: int | None = None,
+                reader: Reader | None = None, inspect: Inspect | None = None,
                 ) -> Iterator[ItemResult[K]]:
     """Embed files; yields exactly one ItemResult per (key, path), possibly out of order.
 
@@ -147,6 +169,9 @@ def embed_files(items: Iterable[tuple[K, Path]], extractor: FeatureExtractor, *,
     to fill the cores given the extractor's intra-op threads. At most ``max_pending``
     (default (infer_workers + 1) * batch_size + decode_workers) items are decoding, decoded
     or being embedded at a time. Closing the iterator early stops the workers.
+    ``reader(key, path)`` reads each file (default: :func:`default_reader`); the indexer
+    passes one that refuses a file swapped since the walk. ``inspect(key, path, data)``
+    sees each file's bytes once (the indexer reads embedded tags with it).
     """
     infer_workers = infer_workers or default_infer_workers(extractor)
     if batch_size < 1 or infer_workers < 1:
@@ -170,7 +195,8 @@ def embed_files(items: Iterable[tuple[K, Path]], extractor: FeatureExtractor, *,
                 except StopIteration:
                     exhausted = True
                     break
-                decoding.add(decode_pool.submit(_decode, key, Path(path), extractor, read_hook))
+                decoding.add(decode_pool.submit(_decode, key, Path(path), extractor, read_hook,
+                                                reader or default_reader, inspect))
                 in_flight += 1
             while len(inferring) < infer_workers and (
                     len(ready) >= batch_size or (ready and exhausted and not decoding)):

@@ -16,14 +16,20 @@ Nothing here raises for bad data; JSON is parsed with :mod:`json` only.
 from __future__ import annotations
 
 import html
+import io
 import json
 import logging
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from PIL import Image, IptcImagePlugin
 
+from cbir.errors import InvalidImage
+from cbir.io.saferead import read_file
+
+MAX_FILE_BYTES = 512 * 1024 * 1024
 log = logging.getLogger(__name__)
 
 MAX_SIDECAR_BYTES = 1024 * 1024
@@ -37,11 +43,14 @@ _IPTC_CODED_CHARSET = (1, 90)
 _PS_IPTC_RESOURCE = 0x0404
 
 
-def read_tags(image_path: Path, image: Image.Image | None = None) -> list[str]:
+def read_tags(image_path: Path, image: Image.Image | None = None, data: bytes | None = None
+              ) -> list[str]:
     """Return the image's tags: stripped, de-duplicated, in their original order.
 
     image: an already opened image of ``image_path`` to read embedded keywords from (an
-    image returned by cbir.io.images.load_image works too); else the file header is read.
+    image returned by cbir.io.images.load_image works too); data: the file's bytes, already
+    read; else the file header is read (safely: a link, FIFO or device is not opened).
+    Sidecars are read the same safe way, never through a symbolic link.
     """
     image_path = Path(image_path)
     for sidecar in _sidecars(image_path):
@@ -51,7 +60,9 @@ def read_tags(image_path: Path, image: Image.Image | None = None) -> list[str]:
     if image is not None:
         return _embedded(image)
     try:
-        with Image.open(image_path) as im:
+        if data is None:
+            data = read_file(image_path, max_bytes=MAX_FILE_BYTES)
+        with Image.open(io.BytesIO(data)) as im:
             return _embedded(im)
     except Exception as e:  # noqa: BLE001 - unreadable images simply have no tags here
         log.debug("no embedded tags for %s: %s", image_path, e)
@@ -76,16 +87,13 @@ def _sidecars(image_path: Path) -> list[Path]:
 
 def _read_sidecar(path: Path) -> list[str] | None:
     """Tags from one sidecar; None when it is absent or unusable (then warn)."""
-    try:
-        if not path.is_file():
-            return None
-        with path.open("rb") as f:
-            raw = f.read(MAX_SIDECAR_BYTES + 1)
-    except OSError as e:
-        log.warning("ignoring tag sidecar %s: cannot read it (%s)", path, e.strerror or e)
+    if not os.path.lexists(path):
         return None
-    if len(raw) > MAX_SIDECAR_BYTES:
-        log.warning("ignoring tag sidecar %s: larger than %d bytes", path, MAX_SIDECAR_BYTES)
+    try:  # never through a link: a sidecar linked to /etc/passwd must not become "tags"
+        raw = read_file(path, max_bytes=MAX_SIDECAR_BYTES)
+    except InvalidImage as e:
+        if e.reason != "file not found":
+            log.warning("ignoring tag sidecar %s: %s", path, e.reason)
         return None
     try:
         text = raw.decode("utf-8-sig")

@@ -23,6 +23,8 @@ from cbir import errors as cbir_errors
 from cbir.errors import CbirError, CollectionError
 
 Progress = Callable[..., None]
+#: seconds a cancelled job's process has to stop by itself before it is killed
+CANCEL_GRACE = 5.0
 #: default scheduling niceness of the job process (0..19; higher = yields the CPU to the server)
 NICE = 19
 #: environment variables that size the thread pools of OpenMP and the BLAS libraries
@@ -89,8 +91,21 @@ def limit_cpus(cpus: int) -> list[int]:
     return allowed
 
 
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when the server dies (PR_SET_PDEATHSIG), so a
+    killed server never leaves an orphaned job holding the collection's writer lock."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _child_main(target: str, kwargs: dict[str, Any], conn: Any, stop: Any, parent: int,
                 nice: int = NICE, cpus: int = 0) -> None:
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the server, which sets stop
     with contextlib.suppress(OSError):
         os.nice(nice)  # searches first: the job gets the CPU time the requests leave idle
@@ -121,12 +136,14 @@ def _child_main(target: str, kwargs: dict[str, Any], conn: Any, stop: Any, paren
 
 def run_in_child(target: str, kwargs: dict[str, Any], *, stop: Any,
                  on_progress: Callable[[int, int, str | None], None], nice: int = NICE,
-                 cpus: int = 0) -> Any:
+                 cpus: int = 0, cancel_grace: float = CANCEL_GRACE) -> Any:
     """Run ``module:function(progress=..., stop=..., **kwargs)`` in a spawned process.
 
     The process runs at niceness ``nice`` and, with ``cpus`` > 0, on at most that many CPUs
     (see ``limit_cpus``). Returns its result; a CbirError in the child is raised here with
-    the same class.
+    the same class. Once ``stop`` is set the child has ``cancel_grace`` seconds to stop by
+    itself; then it is killed (its committed work is kept, its writer lock dies with it)
+    and JobCancelled is raised. The child also dies with this process.
     """
     mp = multiprocessing.get_context("spawn")
     recv, send = mp.Pipe(duplex=False)
@@ -137,10 +154,18 @@ def run_in_child(target: str, kwargs: dict[str, Any], *, stop: Any,
     proc.start()
     send.close()
     outcome: list[Any] | None = None
+    stop_at: float | None = None
+    killed = False
     try:
         while True:
             if stop.is_set():
                 child_stop.set()
+                now = time.monotonic()
+                stop_at = stop_at or now
+                if now - stop_at > cancel_grace and proc.is_alive():
+                    proc.kill()  # stuck mid-batch: commits are atomic, so this loses nothing kept
+                    killed = True
+                    break
             if recv.poll(0.2):
                 try:
                     msg = json.loads(recv.recv_bytes())
@@ -153,11 +178,16 @@ def run_in_child(target: str, kwargs: dict[str, Any], *, stop: Any,
             elif not proc.is_alive():
                 break
     finally:
-        proc.join(60)
+        proc.join(cancel_grace if stop.is_set() else 60)
         if proc.is_alive():
             proc.kill()
+            killed = killed or stop.is_set()
             proc.join()
         recv.close()
+    if outcome is None and (killed or stop.is_set()):
+        from cbir.service.jobs import JobCancelled
+
+        raise JobCancelled()
     if outcome is None:
         raise CollectionError(f"the job's worker process ended unexpectedly (exit code {proc.exitcode}); "
                               "work already committed is kept, start the job again to resume")
