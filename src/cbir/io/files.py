@@ -11,13 +11,16 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from cbir.io.images import os_error_reason
+from cbir.io.formats import EXTENSIONS as _PLUGIN_EXTENSIONS
+from cbir.io.saferead import os_reason as os_error_reason
 
-# Extensions (lower case, with the dot) of formats Pillow opens without extra plugins.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({
+# Extensions (lower case, with the dot) of formats Pillow opens without extra plugins, and
+# HEIC/HEIF and camera RAW (cbir.io.formats: pillow-heif, rawpy; without them such a file
+# is reported as skipped with the package to install).
+IMAGE_EXTENSIONS: frozenset[str] = _PLUGIN_EXTENSIONS | frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo",
     ".png", ".apng", ".gif", ".webp", ".avif",
     ".bmp", ".dib", ".tif", ".tiff",
@@ -32,11 +35,23 @@ DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class FoundFile:
-    """An image file to index: its path (as walked, links not resolved), size and mtime."""
+    """An image file to index: its path (as walked, links not resolved), size and mtime.
+
+    ident: ``(st_dev, st_ino)`` of the file the walk saw; target: its real path when
+    ``path`` is a symbolic link that the walk followed. Readers open ``target or path``
+    without following links and check ``ident`` (cbir.io.saferead), so a file swapped for
+    a link, a FIFO or a device after the walk is refused, not read.
+    """
 
     path: Path
     size: int
     mtime_ns: int
+    ident: tuple[int, int] | None = field(default=None, compare=False)
+    target: Path | None = field(default=None, compare=False)
+
+    @property
+    def read_path(self) -> Path:
+        return self.target or self.path
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +96,8 @@ def iter_files(
         elif os.path.splitext(root_s)[1].lower() not in exts:
             yield SkippedFile(_printable(root_s), "not an image file extension")
         else:
-            yield _check_file(root_s, os.path.basename(root_s), st, max_bytes)
+            yield _check_file(root_s, os.path.basename(root_s), st, max_bytes,
+                              is_link=os.path.islink(root_s))
         return
 
     root_real = os.path.realpath(root_s)
@@ -135,7 +151,7 @@ def iter_files(
                 open_dirs.append(os.path.realpath(entry.path))
         elif os.path.splitext(name)[1].lower() in exts:
             if stat.S_ISREG(est.st_mode):
-                yield _check_file(entry.path, name, est, max_bytes)
+                yield _check_file(entry.path, name, est, max_bytes, is_link=is_link)
             else:
                 yield SkippedFile(_printable(entry.path),
                                   "not a regular file (device, pipe or socket)")
@@ -153,7 +169,7 @@ def _list_dir(path: str) -> list[os.DirEntry[str]] | SkippedFile:
 
 
 def _check_file(
-    path: str, name: str, st: os.stat_result, max_bytes: int
+    path: str, name: str, st: os.stat_result, max_bytes: int, *, is_link: bool = False
 ) -> FoundFile | SkippedFile:
     if not _utf8_ok(name):
         return SkippedFile(_printable(path), "file name is not valid UTF-8")
@@ -162,12 +178,17 @@ def _check_file(
     if st.st_size > max_bytes:
         reason = f"file is {st.st_size} bytes, more than the limit {max_bytes}"
         return SkippedFile(_printable(path), reason)
-    try:  # the only reliable readability test (ACLs, root, read-only mounts...)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    # opening is the only reliable readability test (ACLs, root, read-only mounts...);
+    # O_NONBLOCK: the entry may have become a FIFO since the stat, and must not block us
+    target = os.path.realpath(path) if is_link else None
+    try:
+        fd = os.open(target or path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_NOCTTY", 0) | (getattr(os, "O_NOFOLLOW", 0) if target else 0))
     except OSError as e:
         return SkippedFile(_printable(path), os_error_reason(e, path))
     os.close(fd)
-    return FoundFile(Path(path), st.st_size, st.st_mtime_ns)
+    return FoundFile(Path(path), st.st_size, st.st_mtime_ns, ident=(st.st_dev, st.st_ino),
+                     target=Path(target) if target else None)
 
 
 def _link_inside(path: str, root_real: str, open_dirs: list[str]) -> str | None:

@@ -3,7 +3,9 @@
 Every failure (missing file, permission, empty, not an image, truncated, corrupt, too many
 pixels) raises :class:`cbir.errors.InvalidImage` with a short human reason. Nothing here
 changes Pillow's global settings (``LOAD_TRUNCATED_IMAGES``, ``MAX_IMAGE_PIXELS``, warning
-filters).
+filters); the only global change is registering pillow-heif's HEIF plugin when the first
+HEIC/HEIF file is met. Camera RAW files (by name, or by magic for RAF, ORF, RW2, CR2, CR3)
+are developed by rawpy instead of Pillow: see :mod:`cbir.io.formats`.
 
 Colour handling:
 
@@ -20,11 +22,8 @@ Colour handling:
 from __future__ import annotations
 
 import contextlib
-import errno
 import io as _io
-import os
 import re
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -33,12 +32,17 @@ import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
 
 from cbir.errors import InvalidImage
+from cbir.io import formats as _formats
+from cbir.io.saferead import os_reason as os_error_reason  # noqa: F401 - re-exported
+from cbir.io.saferead import read_file
 
 # 2 x Pillow's default MAX_IMAGE_PIXELS (89_478_485), i.e. exactly where Pillow itself
 # refuses to open an image: about 13_400 x 13_400, enough for any camera photo and
 # ~537 MB as RGB. Raising it above Image.MAX_IMAGE_PIXELS * 2 has no effect unless the
 # application also raises Pillow's global limit.
 DEFAULT_MAX_PIXELS = 178_956_970
+#: files larger than this are refused when read by path (the walk's default limit too)
+MAX_FILE_BYTES = 512 * 1024 * 1024
 
 WHITE = (255, 255, 255)
 
@@ -73,6 +77,9 @@ def load_image(
     (default: the path, or ``<bytes>``). Raises InvalidImage(path, reason) on any failure.
     """
     label = _label(source, name)
+    raw = _raw_bytes(source, label, name)
+    if raw is not None:  # camera RAW: rawpy develops it (cbir.io.formats)
+        return _formats.load_raw(raw, label, target_size=target_size, max_pixels=max_pixels)
     with _open_image(source, label) as im:
         w, h = im.size
         _check_pixels(label, w, h, max_pixels)
@@ -102,6 +109,9 @@ def image_size(
     and as load_image returns it). Raises InvalidImage like load_image.
     """
     label = _label(source, name)
+    raw = _raw_bytes(source, label, name)
+    if raw is not None:
+        return _formats.raw_size(raw, label, oriented=oriented)
     with _open_image(source, label) as im:
         w, h = im.size
         # PNG keeps EXIF after the pixel data: reading it would decode the image.
@@ -117,6 +127,18 @@ def _label(source: str | Path | bytes, name: str | None) -> str:
     if isinstance(source, bytes | bytearray | memoryview):
         return "<bytes>"
     return str(source)
+
+
+def _raw_bytes(source: str | Path | bytes, label: str, name: str | None) -> bytes | None:
+    """The file's bytes if it is a camera RAW, else None; a HEIF file gets Pillow's HEIF
+    plugin registered (both raise InvalidImage naming the package to install without it)."""
+    kind = _formats.sniff(source, name)
+    if kind == "heif":
+        _formats.use_heif(label)
+    if kind != "raw":
+        return None
+    with _open_source(source, label) as fp:
+        return fp.read()
 
 
 @contextlib.contextmanager
@@ -140,46 +162,16 @@ def _open_image(source: str | Path | bytes, label: str) -> Iterator[ImageFile.Im
 
 @contextlib.contextmanager
 def _open_source(source: str | Path | bytes, label: str) -> Iterator[BinaryIO]:
+    """The bytes to decode. A path is read once through cbir.io.saferead (a link the user
+    typed is followed, but a FIFO, device or oversized file is refused without blocking)."""
     if isinstance(source, bytes | bytearray | memoryview):
-        if len(source) == 0:
-            raise InvalidImage(label, "empty file")
-        with _io.BytesIO(source) as bio:
-            yield bio
-        return
-    path = os.fspath(source)
-    try:
-        st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise InvalidImage(label, "is a directory, not an image file")
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidImage(label, "not a regular file (device, pipe or socket)")
-        if st.st_size == 0:
-            raise InvalidImage(label, "empty file")
-        fp = open(path, "rb")  # noqa: SIM115 - closed by the with below
-    except OSError as e:
-        raise InvalidImage(label, os_error_reason(e, path)) from e
-    with fp:
-        yield fp
-
-
-def os_error_reason(e: OSError, path: str | os.PathLike[str] | None = None) -> str:
-    """A short human reason for an OSError met while opening or listing ``path``."""
-    code = e.errno
-    if code == errno.ENOENT:
-        if path is not None and os.path.islink(path):
-            return "broken symbolic link (its target does not exist)"
-        return "file not found"
-    if code in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    if code == errno.EISDIR:
-        return "is a directory, not an image file"
-    if code == errno.ELOOP:
-        return "symbolic link loop (too many levels of symbolic links)"
-    if code == errno.ENAMETOOLONG:
-        return "file name is too long to open"
-    if code == errno.ENOTDIR:
-        return "a component of the path is not a directory"
-    return f"cannot read the file ({e.strerror or e})"
+        data = bytes(source)
+    else:
+        data = read_file(source, max_bytes=MAX_FILE_BYTES, follow_symlinks=True, label=label)
+    if len(data) == 0:
+        raise InvalidImage(label, "empty file")
+    with _io.BytesIO(data) as bio:
+        yield bio
 
 
 def _not_an_image_reason(fp: BinaryIO) -> str:
