@@ -310,6 +310,29 @@ def test_shared_hints_are_accepted(case: Case, small) -> None:
     assert index.search(x[:5], 3, **kw)[1].shape == (5, 3)
 
 
+@pytest.mark.parametrize("qid", [1, 201])
+def test_search_by_stored_vector_first_and_last_id(case: Case, qid: int) -> None:
+    """Regression: search by a stored image (ids 1 and 201 of a 201-image collection) gave the
+    class-partitioned index 0 hits once the query itself was excluded, where exact search gave
+    5: the query was alone in its predicted class (201 images over ImageNet's 1000 classes)
+    and only that table was scanned. Every backend must return the item itself and k others.
+    """
+    n, k = 201, 5
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    x = _clustered(n, DIM, seed=7)
+    classes = np.arange(n) % N_CLASSES
+    classes[0], classes[-1] = N_CLASSES, N_CLASSES + 1  # each alone in its class
+    index = case.make()
+    index.add(ids, x, classes=classes)  # a shared hint: every backend accepts it
+    probs = np.full((1, N_CLASSES + 2), 0.01 / (N_CLASSES + 1), dtype=np.float32)
+    probs[0, classes[qid - 1]] = 0.99
+    scores, found = index.search(x[qid - 1 : qid], k + 1, query_probs=probs)  # k + the query
+    assert found[0, 0] == qid
+    np.testing.assert_allclose(scores[0, 0], 1.0, atol=1e-5)
+    others = [int(i) for i in found[0] if i >= 0 and i != qid]
+    assert len(others) == len(set(others)) == k, found
+
+
 @pytest.fixture(scope="module")
 def recall_data() -> dict[str, Any]:
     """10k clustered 96-d vectors, 200 held-out queries and exact top-10 scores."""

@@ -8,8 +8,11 @@ every table is scanned (exact search). After each search ``last_scanned`` (nq,) 
 says how many vectors each query scanned.
 
 A query whose most probable class has no table falls through to the next most probable
-classes that have one. Class -1 means "no prediction": those vectors go to one extra
-table that every query scans, so they are never lost.
+classes that have one, and so does a query whose chosen tables hold fewer than k vectors:
+it scans further classes (by probability) until they do, so a class of one image still
+gives k results (and a search by a stored image, which excludes itself, is not empty).
+Class -1 means "no prediction": those vectors go to one extra table that every query
+scans, so they are never lost.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from cbir.index.base import INDEXES, Blob, IndexBase, flat_vectors, top_k
 
 #: class of vectors that have no predicted class; their table is scanned by every query
 UNCLASSIFIED = -1
+_NO_TABLE = -2  # pads the per-query table lists in _search
 
 
 @INDEXES.register("class-partitioned")
@@ -117,22 +121,7 @@ class ClassPartitionedIndex(IndexBase):
             every = np.array(sorted(self._parts), dtype=np.int64)
             chosen = np.broadcast_to(every, (nq, every.size))
         else:
-            # only classes that have a table can be scanned: a query whose most probable
-            # class holds no image falls through to the next most probable ones
-            present = np.array([c for c in self._parts if 0 <= c < probs.shape[1]], dtype=np.int64)
-            if len(present):
-                masked = np.full_like(probs, -np.inf)
-                masked[:, present] = probs[:, present]
-                probs = masked
-            n = min(kw["n_partitions"], max(1, len(present)), probs.shape[1])
-            if n < probs.shape[1]:
-                top = np.argpartition(-probs, n - 1, axis=1)[:, :n]
-            else:
-                top = np.broadcast_to(np.arange(n), (nq, n))
-            order = np.argsort(-np.take_along_axis(probs, top, axis=1), axis=1, kind="stable")
-            chosen = np.take_along_axis(top, order, axis=1)
-            if UNCLASSIFIED in self._parts:  # scanned by every query
-                chosen = np.concatenate([chosen, np.full((nq, 1), UNCLASSIFIED)], axis=1)
+            chosen = self._choose_tables(probs, k, kw["n_partitions"])
         width = chosen.shape[1]
         scores = np.full((nq, width * k), -np.inf, dtype=np.float32)
         labels = np.full((nq, width * k), -1, dtype=np.int64)
@@ -150,6 +139,34 @@ class ClassPartitionedIndex(IndexBase):
             scanned[rows] += part.ntotal
         self.last_scanned = scanned
         return top_k(scores, labels, k)
+
+    def _choose_tables(self, probs: np.ndarray, k: int, n_partitions: int) -> np.ndarray:
+        """(nq, width) classes each query scans, most probable first; -2 pads (no table).
+
+        Each query takes its ``n_partitions`` most probable classes that have a table, then
+        the next ones until those tables (with the unclassified one) hold at least ``k``
+        vectors, so a small class never leaves a query with fewer than k results. Classes
+        beyond the width of ``probs`` come last. The unclassified table is appended.
+        """
+        nq = probs.shape[0]
+        tables = np.array([c for c in sorted(self._parts) if c != UNCLASSIFIED], dtype=np.int64)
+        sizes = np.array([self._parts[int(c)].ntotal for c in tables], dtype=np.int64)
+        extra = self._parts[UNCLASSIFIED].ntotal if UNCLASSIFIED in self._parts else 0
+        n_tables = tables.size
+        score = np.full((nq, n_tables), -np.inf, dtype=np.float32)
+        known = tables < probs.shape[1]
+        score[:, known] = probs[:, tables[known]]
+        order = np.argsort(-score, axis=1, kind="stable")
+        ranked = tables[order]
+        enough = (np.cumsum(sizes[order], axis=1) + extra) >= k
+        need = np.where(enough.any(axis=1), enough.argmax(axis=1) + 1, n_tables)
+        need = np.maximum(need, min(n_partitions, n_tables))
+        width = int(need.max()) if nq else 0
+        chosen = ranked[:, :width].copy()
+        chosen[np.arange(width)[None, :] >= need[:, None]] = _NO_TABLE
+        if extra:  # scanned by every query
+            chosen = np.concatenate([chosen, np.full((nq, 1), UNCLASSIFIED)], axis=1)
+        return chosen
 
     # -- persistence -------------------------------------------------------------------------
     def _blobs(self) -> list[Blob]:
