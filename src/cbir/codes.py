@@ -1,9 +1,18 @@
 """Learned binary codes of a collection: train a hasher, store its codes, search in Hamming space.
 
 ```
-<collection>/hashers/<name>.safetensors   the trained hasher (weights + JSON metadata)
-catalog table ``codes``                    one packed uint8 code per (hasher, image)
+<collection>/hashers/<name>/g<N>.safetensors  generation N of the trained hasher (weights + JSON)
+catalog table ``hashers``                      per name: the current generation, bits, file sha256
+catalog table ``codes``                        one packed uint8 code per (hasher, image), with the
+                                               generation of the hasher that made it
 ```
+
+Re-training writes the new hasher under a new generation's file name (nobody reads it yet),
+encodes, then replaces the codes and the current generation in ONE catalog transaction;
+the old generation's file is removed after that commit. A kill at any point leaves the old
+hasher and codes or the new ones, never a mix; :func:`code_problems` (used by ``cbir
+verify`` and before every Hamming search) names a mismatch if one ever exists. Hashers
+saved by older versions (``hashers/<name>.safetensors``, codes of generation 0) still load.
 
 Codes of images indexed after training are computed on the next search (from the
 stored features, so no image is decoded again); codes of removed images go with them.
@@ -13,7 +22,9 @@ the backbone's own ImageNet labels ("machine tags"), as the hashing issue asks.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from cbir.collection import Collection
-from cbir.errors import InvalidRequest
+from cbir.errors import IndexMismatch, InvalidRequest
 from cbir.search import Hit, Query, build_hits
 
 #: hashers whose fit() learns from tags, and the ones that need region features
@@ -42,19 +53,161 @@ def hasher_path(col: Collection, name: str) -> Path:
     return hashers_dir(col) / f"{name}.safetensors"
 
 
+def generation_path(col: Collection, name: str, generation: int) -> Path:
+    """The file of generation ``generation`` (>= 1) of hasher ``name``."""
+    hasher_path(col, name)  # validates the name
+    return hashers_dir(col) / name / f"g{int(generation)}.safetensors"
+
+
+@dataclass
+class CurrentHasher:
+    """Which file holds hasher ``name`` now, and what its codes must match."""
+
+    name: str
+    path: Path
+    #: 0 for a hasher saved by an older cbir (one file, no record)
+    generation: int
+    #: None when unrecorded (an older cbir's hasher): read from the file
+    bits: int | None = None
+    sha256: str | None = None
+
+
+def current(col: Collection, name: str) -> CurrentHasher | None:
+    """The current generation of hasher ``name`` (None if there is no such hasher)."""
+    legacy = hasher_path(col, name)
+    rec = col.catalog.hasher_record(name)
+    if rec is not None:
+        return CurrentHasher(name, generation_path(col, name, rec["generation"]), rec["generation"],
+                             rec["bits"], rec["sha256"])
+    if legacy.is_file():
+        return CurrentHasher(name, legacy, 0)
+    return None
+
+
+def current_hasher_file(col: Collection, name: str) -> Path:
+    """The file the codes of ``name`` were made with (InvalidRequest if there is none)."""
+    cur = current(col, name)
+    if cur is None:
+        raise InvalidRequest(f"no hash codes named {name!r}")
+    return cur.path
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _names(col: Collection) -> list[str]:
+    found = {p.stem for p in hashers_dir(col).glob("*.safetensors") if p.is_file()}
+    found |= {p.name for p in hashers_dir(col).glob("*") if p.is_dir()}
+    found |= set(col.catalog.hasher_names())
+    return sorted(n for n in found if _NAME.match(n))
+
+
+def code_problems(col: Collection, name: str) -> list[str]:
+    """Why the stored codes of ``name`` do not match its current hasher file ([] if they do).
+
+    Checks: a current hasher file exists, is readable, has the recorded sha256 and bits;
+    every code was made by the current generation and is ceil(bits/8) bytes long.
+    """
+    from cbir.hashing.base import code_size, read_hasher_header
+
+    cur = current(col, name)
+    summary = col.catalog.codes_summary(name)
+    what = f"hash codes {name!r}:"
+    if cur is None:
+        n = sum(c for _, _, c in summary)
+        return [f"{what} {n} stored codes but no hasher (no record, no file); "
+                f"delete them with `cbir hash delete {name}`"] if n else []
+    rel = cur.path.relative_to(col.directory)
+    try:
+        head = read_hasher_header(cur.path)
+    except Exception as e:  # noqa: BLE001 — a problem to report, whatever it is
+        return [f"{what} hasher file {rel} of generation {cur.generation} cannot be read ("
+                + str(e).replace("\n", " ") + ")"]
+    problems = []
+    bits = head.get("bits")
+    if cur.sha256 is not None and _sha256_file(cur.path) != cur.sha256:
+        problems.append(f"{what} hasher file {rel} does not have the sha256 recorded with the "
+                        f"codes of generation {cur.generation} (replaced or damaged)")
+    if cur.bits is not None and bits != cur.bits:
+        problems.append(f"{what} hasher file {rel} makes {bits}-bit codes, the record says "
+                        f"{cur.bits}")
+    total = sum(c for _, _, c in summary)
+    stale = {g: 0 for g, _, _ in summary if g != cur.generation}
+    for g, _, c in summary:
+        if g in stale:
+            stale[g] += c
+    if stale:
+        problems.append(f"{what} {sum(stale.values())} of {total} codes were made by hasher "
+                        f"generation(s) {sorted(stale)}, not the current generation {cur.generation}")
+    if isinstance(bits, int):
+        want = code_size(bits)
+        wrong = {ln: 0 for _, ln, _ in summary if ln != want}
+        for _, ln, c in summary:
+            if ln in wrong:
+                wrong[ln] += c
+        if wrong:
+            problems.append(f"{what} {sum(wrong.values())} of {total} codes are "
+                            f"{'/'.join(map(str, sorted(wrong)))} byte(s) long, not {want} "
+                            f"({bits} bits)")
+    return problems
+
+
+def check_codes(col: Collection, name: str) -> None:
+    """Raise a one-line IndexMismatch if the codes of ``name`` do not match their hasher."""
+    problems = code_problems(col, name)
+    if problems:
+        raise IndexMismatch(f"the stored codes of {name!r} do not match their hasher ("
+                            + problems[0].split(": ", 1)[-1] + f"); see `cbir verify`, and train "
+                            f"them again with `cbir hash train --name {name} ...`")
+
+
+def verify_codes(col: Collection) -> tuple[list[str], list[str]]:
+    """(problems, notes) of every hasher of the collection, for ``cbir verify``."""
+    problems: list[str] = []
+    notes: list[str] = []
+    for name in _names(col):
+        problems += code_problems(col, name)
+        cur = current(col, name)
+        stale = [p.name for p in _stale_files(col, name, None if cur is None else cur.path)]
+        if stale:
+            notes.append(f"hash codes {name!r}: {len(stale)} unused hasher file(s) left by an "
+                         f"interrupted `cbir hash train` (harmless; the next training removes "
+                         f"them): {', '.join(stale[:5])}")
+    return problems, notes
+
+
+def _stale_files(col: Collection, name: str, keep: Path | None) -> list[Path]:
+    """Hasher files of ``name`` that are not the current one."""
+    files = sorted((hashers_dir(col) / name).glob("g*.safetensors"))
+    legacy = hasher_path(col, name)
+    if legacy.is_file():
+        files.append(legacy)
+    return [p for p in files if p != keep]
+
+
 def list_hashers(col: Collection) -> list[dict[str, Any]]:
     from cbir.hashing.base import read_hasher_header
 
     out = []
-    for p in sorted(hashers_dir(col).glob("*.safetensors")):
-        try:
-            head = read_hasher_header(p)
-        except Exception as e:  # noqa: BLE001 — list what can be read, flag the rest
-            out.append({"name": p.stem, "error": str(e)})
+    for name in _names(col):
+        cur = current(col, name)
+        n = sum(c for _, _, c in col.catalog.codes_summary(name))
+        if cur is None:
+            out.append({"name": name, "images_with_codes": n, "error": "no hasher file"})
             continue
-        ids, _ = col.catalog.codes(p.stem)
-        out.append({"name": p.stem, "method": head.get("name"), "bits": head.get("bits"),
-                    "images_with_codes": len(ids), "file_bytes": p.stat().st_size})
+        try:
+            head = read_hasher_header(cur.path)
+        except Exception as e:  # noqa: BLE001 — list what can be read, flag the rest
+            out.append({"name": name, "error": str(e)})
+            continue
+        row = {"name": name, "method": head.get("name"), "bits": head.get("bits"),
+               "images_with_codes": n, "file_bytes": cur.path.stat().st_size,
+               "generation": cur.generation}
+        problems = code_problems(col, name)
+        if problems:
+            row["error"] = "; ".join(problems)
+        out.append(row)
     return out
 
 
@@ -111,7 +264,7 @@ def train(col: Collection, method: str, bits: int, *, name: str | None = None,
         raise InvalidRequest(f"unknown hashing method {method!r}; choose one of: "
                              + ", ".join(HASHERS.names()))
     name = name or f"{method}-{bits}"
-    path = hasher_path(col, name)
+    hasher_path(col, name)  # a bad name fails before any work
     t0 = time.perf_counter()
     ids, feats = col.catalog.features()
     if len(ids) < 2:
@@ -131,12 +284,22 @@ def train(col: Collection, method: str, bits: int, *, name: str | None = None,
     if progress:
         progress(f"training {method} ({bits} bits) on {len(ids)} images")
     hasher = create_hasher(method, bits, **params).fit(feats, **sup)
-    hashers_dir(col).mkdir(exist_ok=True)
     with col.writer_lock():
-        hasher.save(path)
-        col.catalog.drop_codes(name)
-        codes = _encode(hasher, method, feats, sup.get("regions"))
-        col.catalog.put_codes(name, ids, codes)
+        old = current(col, name)
+        generation = (0 if old is None else old.generation) + 1
+        path = generation_path(col, name, generation)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # staged under a new name: nothing reads it until the commit below makes it current
+            hasher.save(path)
+            codes = _encode(hasher, method, feats, sup.get("regions"))
+            col.catalog.replace_codes(name, ids, codes, generation=generation, bits=hasher.bits,
+                                      sha256=_sha256_file(path))
+        except Exception:  # not committed: the old generation stays, this one's file goes
+            path.unlink(missing_ok=True)
+            raise
+        for stale in _stale_files(col, name, keep=path):  # the old generation, killed runs' files
+            stale.unlink(missing_ok=True)
     return TrainedCodes(name, method, bits, len(ids), time.perf_counter() - t0)
 
 
@@ -147,25 +310,61 @@ def _encode(hasher: Any, method: str, feats: np.ndarray, regions: np.ndarray | N
 
 
 def load(col: Collection, name: str) -> Any:
+    """The current hasher of ``name``."""
+    return _load_current(col, name)[0]
+
+
+def _load_current(col: Collection, name: str) -> tuple[Any, CurrentHasher]:
     from cbir.hashing import load_hasher
 
-    path = hasher_path(col, name)
-    if not path.exists():
-        known = ", ".join(h["name"] for h in list_hashers(col)) or "none yet"
-        raise InvalidRequest(f"no hash codes named {name!r} in this collection (trained: {known}); "
-                             "train them with `cbir hash train`")
-    return load_hasher(path)
+    for _ in range(3):  # a re-training may replace the file between the look-up and the read
+        cur = current(col, name)
+        if cur is None:
+            known = ", ".join(_names(col)) or "none yet"
+            raise InvalidRequest(f"no hash codes named {name!r} in this collection (trained: "
+                                 f"{known}); train them with `cbir hash train`")
+        try:
+            return load_hasher(cur.path), cur
+        except InvalidRequest:
+            if cur.path.exists() or current(col, name) == cur:
+                break
+    check_codes(col, name)  # names what is wrong
+    raise IndexMismatch(f"the hasher file of {name!r} is missing; see `cbir verify`")
 
 
-def sync_codes(col: Collection, name: str, hasher: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Encode images indexed since training; returns all (ids, codes)."""
+def delete(col: Collection, name: str) -> int:
+    """Delete hasher ``name``: its codes and record in one commit, then its files.
+
+    Returns how many codes were deleted. Call it holding the writer lock.
+    """
+    if current(col, name) is None and not col.catalog.codes_summary(name):
+        raise InvalidRequest(f"no codes named {name!r}")
+    n = col.catalog.drop_codes(name)
+    hasher_path(col, name).unlink(missing_ok=True)
+    shutil.rmtree(hashers_dir(col) / name, ignore_errors=True)
+    return n
+
+
+def sync_codes(col: Collection, name: str, hasher: Any, generation: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Encode images indexed since training; returns all (ids, codes).
+
+    ``generation``: the hasher generation ``hasher`` is (default: the current one). Codes
+    that do not match it raise IndexMismatch instead of being searched.
+    """
+    if generation is None:
+        cur = current(col, name)
+        generation = 0 if cur is None else cur.generation
+    check_codes(col, name)
     missing = col.catalog.ids_without_codes(name)
     if len(missing):
         method = getattr(hasher, "name", "")
         ids, feats = col.catalog.features(missing)
         regions = stored_regions(col, ids) if method in REGION_METHODS else None
-        col.catalog.put_codes(name, ids, _encode(hasher, method, feats, regions))
-    return col.catalog.codes(name)
+        col.catalog.put_codes(name, ids, _encode(hasher, method, feats, regions),
+                              generation=generation)
+    # only this generation's codes: a re-training committed meanwhile is not mixed in
+    return col.catalog.codes(name, generation=generation)
 
 
 def hamming_search(col: Collection, name: str, query: Query, *, k: int = 10, rerank: int = 0,
@@ -173,19 +372,24 @@ def hamming_search(col: Collection, name: str, query: Query, *, k: int = 10, rer
                    ) -> list[Hit]:
     """Top-k by Hamming distance; with ``rerank`` N, the N nearest codes re-scored by cosine."""
     from cbir.hashing import create_binary_index
+    from cbir.index.base import check_k
 
-    hasher = load(col, name)
+    k = check_k(k)
+    if isinstance(rerank, bool) or not isinstance(rerank, int | np.integer) or rerank < 0:
+        raise InvalidRequest(f"rerank must be 0 or a positive integer; got {rerank!r}")
+
+    hasher, cur = _load_current(col, name)
     method = getattr(hasher, "name", "")
     if method in REGION_METHODS and query_regions is None:
         raise InvalidRequest(f"{name} needs the query's region features")
-    ids, codes = sync_codes(col, name, hasher)
+    ids, codes = sync_codes(col, name, hasher, cur.generation)
     if len(ids) == 0:
         return []
     q = query.vector[None, :].astype(np.float32)
     qcode = hasher.encode(q, regions=query_regions) if method in REGION_METHODS else hasher.encode(q)
     index = create_binary_index("binary-flat", hasher.bits)
     index.add(ids, codes)
-    want = max(k, rerank) + len(query.exclude)
+    want = min(max(k, rerank) + len(query.exclude), len(ids))  # never more than there are
     dist, got = index.search(qcode, want)
     pairs = [(int(d), int(i)) for d, i in zip(dist[0], got[0], strict=True)
              if i >= 0 and int(i) not in query.exclude]

@@ -54,7 +54,10 @@ def test_finetune_index_with_its_extractor_label_search_and_refuse_mismatches(ca
     assert "is slow" in err and "per epoch" in err  # the CPU warning with its estimate
     assert "epoch 1/2: loss" in err and "val_acc" in err  # per-epoch progress
     models = tmp_path / "coll" / "models"
-    assert {p.name for p in models.iterdir()} == {"ft.json", "ft.safetensors", "ft.backbone.onnx"}
+    meta = json.loads((models / "ft.json").read_text())
+    assert {p.name for p in models.iterdir()} == {"ft.json", meta["weights_file"],
+                                                   meta["backbone"]["onnx_file"]}
+    assert meta["backbone"]["onnx_file"].startswith("ft.") and meta["weights_file"].startswith("ft.")
 
     code, out, _ = run(capsys, "-c", c, "models", "list", "--json")
     (row,) = json.loads(out)
@@ -149,4 +152,4 @@ def test_finetune_index_with_its_extractor_label_search_and_refuse_mismatches(ca
 
     code, out, err = run(capsys, "-c", c, "models", "delete", "ft")
     assert code == 0 and "can no longer embed" in err
-    assert not (models / "ft.backbone.onnx").exists()
+    assert not list(models.glob("ft*.backbone.onnx"))

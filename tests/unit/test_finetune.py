@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -99,7 +100,8 @@ def test_registry_keeps_the_backbone_with_the_model_and_finds_it_by_pointer(tmp_
     reg.save(model, backbone=b"not really onnx")
     meta = reg.meta("ft")
     assert meta["finetuned"] is True and meta["extractor"] == {"name": "finetuned:ft", "dim": 1280}
-    assert meta["backbone"]["onnx_file"] == "ft.backbone.onnx" and meta["backbone"]["blocks"] == 1
+    assert meta["backbone"]["onnx_file"] == reg.backbone_path("ft").name and meta["backbone"]["blocks"] == 1
+    assert re.fullmatch(r"ft\.[0-9a-f]{16}\.backbone\.onnx", reg.backbone_path("ft").name)
     assert reg.backbone_path("ft").read_bytes() == b"not really onnx"
     assert [r["finetuned"] for r in reg.list()] == [True]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -160,7 +161,9 @@ def test_registry_round_trip_gives_identical_predictions(tmp_path, trained):
     model, x = trained
     reg = ModelRegistry(tmp_path / "models")
     path = reg.save(model)
-    assert sorted(p.name for p in reg.directory.iterdir()) == ["m1.json", "m1.safetensors"]
+    # the weights go to a fresh file name per save (so an overwrite never touches the old ones)
+    assert {p.name for p in reg.directory.iterdir()} == {"m1.json", reg.weights_path("m1").name}
+    assert re.fullmatch(r"m1\.[0-9a-f]{16}\.safetensors", reg.weights_path("m1").name)
     loaded = reg.load("m1")
     assert np.array_equal(loaded.predict(x), model.predict(x))
     assert np.array_equal(loaded.embed(x), model.embed(x))
@@ -172,7 +175,7 @@ def test_registry_round_trip_gives_identical_predictions(tmp_path, trained):
     assert meta["extractor"] == {"name": "synthetic", "dim": 32} and meta["classes"] == NAMES
     assert meta["curve"][0].keys() >= {"epoch", "seconds", "train_loss", "train_acc", "val_loss", "val_acc"}
     # safetensors: an 8-byte little-endian header length, then a JSON header (no pickle)
-    raw = (reg.directory / "m1.safetensors").read_bytes()
+    raw = reg.weights_path("m1").read_bytes()
     assert json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])["__metadata__"]["head"] == "mlp"
     assert reg.list()[0]["name"] == "m1" and reg.names() == ["m1"]
     with pytest.raises(InvalidRequest, match="already exists"):
@@ -187,7 +190,7 @@ def test_damaged_weights_are_refused(tmp_path, trained):
     model, _ = trained
     reg = ModelRegistry(tmp_path)
     reg.save(model)
-    p = tmp_path / "m1.safetensors"
+    p = reg.weights_path("m1")
     data = bytearray(p.read_bytes())
     data[-1] ^= 0xFF
     p.write_bytes(bytes(data))
