@@ -100,7 +100,8 @@ def test_serve_refuses_public_bind_without_token(tmp_path, monkeypatch, capsys):
     token = capsys.readouterr().out.strip()
     cfg = serve.build_config(_args("serve", "--host", "0.0.0.0", "--token-file", str(tf),
                                    "--collection", str(tmp_path)))
-    assert cfg.token_hashes == [hash_token(token)] and cfg.allowed_hosts is None
+    assert cfg.token_hashes == [hash_token(token)] and "0.0.0.0" not in cfg.allowed_hosts
+    assert "localhost" in cfg.allowed_hosts and cfg.reads_need_token
     monkeypatch.setenv("CBIR_API_TOKEN", "env-token-long-enough-123")
     cfg = serve.build_config(_args("serve", "--host", "::", "--collection", str(tmp_path)))
     assert cfg.token_hashes == [hash_token("env-token-long-enough-123")]

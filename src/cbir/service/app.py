@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cbir import __version__
 from cbir.service.config import ServiceConfig
 from cbir.service.errors import install_error_handlers
-from cbir.service.guards import BodyLimitMiddleware, OriginGuardMiddleware
+from cbir.service.guards import BodyLimitMiddleware, OriginGuardMiddleware, ReadTokenMiddleware
 from cbir.service.metrics import MetricsMiddleware
 from cbir.service.routes import router
 from cbir.service.scene_routes import router as scene_router
@@ -133,7 +133,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
         description="Content-based image retrieval: search by example image, index folders in the "
                     "background, maintain the index. Errors are JSON {error, detail}. Mutating "
-                    "endpoints need 'Authorization: Bearer TOKEN' when the server has tokens.",
+                    "endpoints need 'Authorization: Bearer TOKEN' when the server has tokens; on a "
+                    "server bound to a non-loopback address every endpoint but /api/health, the "
+                    "page and the docs needs it (unless started with --public-read).",
     )
     app.state.cbir = state
     install_error_handlers(app)
@@ -155,7 +157,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     # outermost last: metrics see every request, guards run before any body is read
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
-    app.add_middleware(OriginGuardMiddleware, allowed_hosts=config.allowed_hosts)
+    if config.reads_need_token:
+        app.add_middleware(ReadTokenMiddleware, token_hashes=config.token_hashes)
+    app.add_middleware(OriginGuardMiddleware, allowed_hosts=config.allowed_hosts,
+                       accept_local_address=config.wildcard_bind)
     app.add_middleware(HeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,40 @@ MiB = 1024 * 1024
 
 #: hosts a loopback-bound server answers to (a DNS-rebinding page sends its own name)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+#: bind addresses that mean "every interface"
+WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_header_name(name: str) -> str:
+    """How ``name`` (a bind address or an --allowed-host value) appears in a Host header, without
+    the port and lower-cased: ``fe80::1`` -> ``[fe80::1]``, ``Example.org:8000`` -> ``example.org``."""
+    name = name.strip().lower()
+    if name.startswith("["):
+        return name.split("]")[0] + "]"
+    if name.count(":") > 1:  # a bare IPv6 address
+        return f"[{name}]"
+    return name.rsplit(":", 1)[0] if ":" in name else name
+
+
+def accepted_hosts(host: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Host header names a server bound to ``host`` answers to: the localhost names, ``host``
+    itself (unless it is a wildcard such as 0.0.0.0) and the ``extra`` names (--allowed-host)."""
+    names = list(LOOPBACK_HOSTS)
+    for name in ([] if host in WILDCARD_HOSTS else [host]) + list(extra):
+        n = host_header_name(name)
+        if n and n not in names:
+            names.append(n)
+    return names
 
 
 @dataclass
@@ -33,8 +68,17 @@ class ServiceConfig:
     thumb_size: int = 256
     #: images per committed batch in indexing jobs (searches see each batch once committed)
     commit_every: int = 64
-    #: Host header names accepted (None: any); set for loopback binds against DNS rebinding
+    #: Host header names accepted (None: any; the default for a loopback ``host``); against DNS
+    #: rebinding. For a non-loopback ``host`` the default is ``accepted_hosts(host)``.
     allowed_hosts: list[str] | None = None
+    #: the address the server binds. A non-loopback one (0.0.0.0, a LAN address) makes every
+    #: read need a token too (unless ``public_read``) and turns the Host header check on; on a
+    #: wildcard bind the address a connection came in on is accepted as Host as well
+    host: str = "127.0.0.1"
+    #: on a non-loopback ``host``: let reads (search, images, jobs, metrics) go without a token
+    public_read: bool = False
+    #: the most a training zip upload may unpack to, in bytes (besides 10 x its own size)
+    max_unzip_bytes: int = 2048 * MiB
     #: threads serving blocking requests at once (searches are CPU-bound: more only adds GIL
     #: contention; bench/bench_service.py on 2 cores: 2 threads cut p99 by a third against 8);
     #: None: $CBIR_REQUEST_THREADS, else one per core, at least 2
@@ -64,6 +108,18 @@ class ServiceConfig:
         self.request_threads = max(1, self.request_threads)
         self.job_nice = min(19, max(0, self.job_nice))
         self.job_cpus = max(0, self.job_cpus)
+        if self.allowed_hosts is None and not is_loopback(self.host):
+            self.allowed_hosts = accepted_hosts(self.host)
+
+    @property
+    def reads_need_token(self) -> bool:
+        """Whether reads need a token as writes do: tokens exist, the bind is not loopback, and
+        ``public_read`` is off."""
+        return bool(self.token_hashes) and not self.public_read and not is_loopback(self.host)
+
+    @property
+    def wildcard_bind(self) -> bool:
+        return self.host in WILDCARD_HOSTS
 
 
 def _env_int(name: str, default: int) -> int:

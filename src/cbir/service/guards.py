@@ -1,24 +1,69 @@
-"""ASGI guards in front of the routes: request size, Host header, cross-origin writes."""
+"""ASGI guards in front of the routes: request size, Host header, cross-origin writes, and
+the token for reads on a server other machines can reach."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cbir.service.errors import ApiError
+from cbir.service.security import token_matches
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+#: what stays public when reads need a token: liveness, the page (it asks for the token) and docs
+PUBLIC_PATHS = frozenset({"/", "/api/health", "/openapi.json", "/docs", "/docs/oauth2-redirect",
+                          "/redoc", "/favicon.ico"})
+PUBLIC_PREFIXES = ("/static/", "/docs-assets/")
 
 
-async def _send_json(send: Send, status: int, error: str, detail: str) -> None:
+async def _send_json(send: Send, status: int, error: str, detail: str,
+                     headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps({"error": error, "detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+def presented_token(headers: dict[str, str]) -> str | None:
+    """The token of ``Authorization: Bearer TOKEN`` or ``X-API-Token`` (never the query string)."""
+    auth = headers.get("authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-token")
+
+
+class ReadTokenMiddleware:
+    """Every request but PUBLIC_PATHS needs a valid token (used when reads need one)."""
+
+    def __init__(self, app: ASGIApp, token_hashes: list[str]):
+        self.app = app
+        self.hashes = list(token_hashes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        token = presented_token(headers)
+        if not token_matches(token, self.hashes):
+            await _send_json(
+                send, 401, "unauthorized",
+                "this server is reachable from other machines, so reads need the API token too: "
+                "send 'Authorization: Bearer TOKEN' (the token printed by `cbir serve --create-token`)"
+                if not token else "the API token is not valid",
+                headers=[(b"www-authenticate", b"Bearer")])
+            return
+        await self.app(scope, receive, send)
 
 
 class BodyTooLarge(ApiError):
@@ -80,9 +125,26 @@ class OriginGuardMiddleware:
     page served by this server and non-browser clients (curl, scripts) are unaffected.
     """
 
-    def __init__(self, app: ASGIApp, allowed_hosts: list[str] | None):
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str] | None, accept_local_address: bool = False):
         self.app = app
         self.allowed = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+        #: also accept the address the connection came in on (a server bound to 0.0.0.0 or ::
+        #: is opened as http://<one of its addresses>:port/; a rebinding page sends a name)
+        self.accept_local_address = accept_local_address
+
+    def _local_names(self, scope: Scope) -> set[str]:
+        server = scope.get("server")
+        if not self.accept_local_address or not server or not server[0]:
+            return set()
+        addr = str(server[0]).lower()
+        names = {addr, f"[{addr}]"}
+        try:
+            mapped = getattr(ipaddress.ip_address(addr), "ipv4_mapped", None)
+        except ValueError:
+            return names
+        if mapped is not None:  # a dual-stack socket reports 192.0.2.1 as ::ffff:192.0.2.1
+            names.add(str(mapped))
+        return names
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,10 +152,11 @@ class OriginGuardMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
         host = headers.get("host", "")
-        if self.allowed is not None and _host_name(host).lower() not in self.allowed:
+        if self.allowed is not None and _host_name(host).lower() not in self.allowed \
+                and _host_name(host).lower() not in self._local_names(scope):
             await _send_json(send, 421, "unknown_host",
                              f"this server answers to {', '.join(sorted(self.allowed))}, not {host!r}; "
-                             "open it by that name")
+                             "open it by that name (or start the server with --allowed-host NAME)")
             return
         if scope.get("method") in UNSAFE_METHODS:
             origin = headers.get("origin")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import mimetypes
@@ -10,6 +11,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,10 +21,12 @@ from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 
 from cbir import __version__
 from cbir.collection import Collection
-from cbir.errors import InvalidRequest
+from cbir.errors import InvalidImage, InvalidRequest
 from cbir.extract.base import l2_normalize
 from cbir.extract.pipeline import embed_images
+from cbir.indexing import indexed_roots
 from cbir.io.images import load_image, os_error_reason
+from cbir.io.saferead import FileRefused, open_file, read_fd
 from cbir.search import Hit, search
 from cbir.search import Query as SearchQuery
 from cbir.service import training
@@ -51,6 +55,8 @@ from cbir.service.security import resolve_under_roots, token_matches
 from cbir.service.state import UPLOAD_DIR, ReaderCollection, ServiceState, make_thumbnail, thumbnail_path
 
 MAX_K = 1000
+#: the largest indexed file the image endpoint sends (the indexer's own limit)
+MAX_SERVE_BYTES = 512 * 1024 * 1024
 MAX_ID = 2**63 - 1
 JOB_ID = r"^[0-9a-f]{1,32}$"
 #: cbir.train's model names: 1-64 letters, digits, '.', '_', '-', first a letter or digit, no '..'
@@ -154,6 +160,7 @@ def health(state: State) -> Health:
     return Health(status="ok", version=__version__, collection_exists=reader is not None,
                   images=reader.catalog.count("ok") if reader else 0,
                   auth_required=bool(state.config.token_hashes),
+                  read_auth_required=state.config.reads_need_token,
                   indexing_enabled=bool(state.config.allow_roots),
                   training_available=training.available(), jobs_active=jobs)
 
@@ -246,12 +253,57 @@ def _record(state: ServiceState, image_id: int):
     return rec
 
 
-def _source(rec: Any) -> Path:
-    src = Path(rec.path)
-    if not src.is_file():
-        raise ApiError(404, "file_missing", f"the file of image {rec.id} is no longer at {rec.path}; "
-                       "re-index its folder to drop it")
-    return src
+def _roots(state: ServiceState) -> list[str]:
+    """Where served files may live: the allowed roots and the folders indexed into the collection."""
+    return [*(os.path.realpath(r) for r in state.config.allow_roots), *indexed_roots(_reader(state).catalog)]
+
+
+@contextlib.contextmanager
+def _opened(state: ServiceState, rec: Any) -> Iterator[tuple[int, os.stat_result]]:
+    """Open an indexed file for serving (cbir.io.saferead): never through a link, never a
+    FIFO or device, and only when its real path is under the collection's roots."""
+    roots = _roots(state)
+    if not roots:  # a collection from before roots were recorded: only the exact indexed path
+        roots = [os.path.abspath(rec.path)]
+    try:
+        with open_file(rec.path, max_bytes=MAX_SERVE_BYTES, roots=roots, label=f"image {rec.id}") as opened:
+            yield opened
+    except FileRefused as e:
+        raise ApiError(403, "file_refused", f"image {rec.id} is not served: {e.reason}") from None
+    except InvalidImage as e:
+        raise ApiError(404, "file_missing", f"the file of image {rec.id} cannot be read ({e.reason}); "
+                       "re-index its folder to drop it") from None
+
+
+def _read_source(state: ServiceState, rec: Any) -> bytes:
+    with _opened(state, rec) as (fd, _):
+        try:
+            return read_fd(fd, MAX_SERVE_BYTES, f"image {rec.id}")
+        except FileRefused as e:
+            raise ApiError(403, "file_refused", f"image {rec.id} is not served: {e.reason}") from None
+        except OSError as e:
+            raise ApiError(404, "file_missing", f"the file of image {rec.id} cannot be read "
+                           f"({os_error_reason(e)})") from None
+
+
+def _stream(state: ServiceState, rec: Any) -> tuple[int, Iterator[bytes]]:
+    """(size, chunks) of an indexed file, read from the one descriptor that was checked."""
+    cm = _opened(state, rec)
+    fd, st = cm.__enter__()
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            left = st.st_size  # never more than was checked, even if the file grows
+            while left > 0:
+                b = os.read(fd, min(1 << 20, left))
+                if not b:
+                    break
+                left -= len(b)
+                yield b
+        finally:
+            cm.__exit__(None, None, None)
+
+    return st.st_size, chunks()
 
 
 @router.get("/api/images/{image_id}", responses={**ERRORS, 200: {"content": {"image/*": {}}}},
@@ -259,12 +311,14 @@ def _source(rec: Any) -> Path:
 def image_file(state: State, image_id: ImageId) -> Response:
     """The image itself (browser formats as they are, others converted to PNG)."""
     rec = _record(state, image_id)
-    src = _source(rec)
     headers = {"Cache-Control": "private, max-age=3600", "Content-Security-Policy": "sandbox"}
-    mime = mimetypes.guess_type(src.name)[0]
+    mime = mimetypes.guess_type(rec.path)[0]
     if mime in BROWSER_TYPES:
-        return FileResponse(src, media_type=mime, headers=headers)
-    im = load_image(src, max_pixels=state.config.max_pixels)
+        size, body = _stream(state, rec)
+        headers["Content-Length"] = str(size)
+        return StreamingResponse(body, media_type=mime, headers=headers)
+    im = load_image(_read_source(state, rec), max_pixels=state.config.max_pixels,
+                    name=os.path.basename(rec.path))  # the name's suffix tells RAW formats apart
     buf = io.BytesIO()
     im.save(buf, "PNG")
     return Response(buf.getvalue(), media_type="image/png", headers=headers)
@@ -277,7 +331,8 @@ def image_thumbnail(state: State, image_id: ImageId) -> Response:
     rec = _record(state, image_id)
     dest = thumbnail_path(state.directory, image_id)
     if not dest.is_file():
-        make_thumbnail(_source(rec), dest, state.config.thumb_size, state.config.max_pixels)
+        make_thumbnail(_read_source(state, rec), dest, state.config.thumb_size, state.config.max_pixels,
+                       name=os.path.basename(rec.path))
     # ids are never reused and a changed file gets a new id, so the thumbnail never changes
     return FileResponse(dest, media_type="image/jpeg",
                         headers={"Cache-Control": "public, max-age=604800, immutable"})
@@ -529,7 +584,7 @@ def upload_train_job(
     _, runner = _store(state)
     name = _new_model_name(state, name)
     dest = state.directory / UPLOAD_DIR / uuid.uuid4().hex
-    limits = ZipLimits(max_total_bytes=state.config.max_zip_bytes * 20)
+    limits = ZipLimits(max_total_bytes=state.config.max_unzip_bytes)
     try:
         safe_extract(file.file, dest, limits)
     except BaseException:

@@ -4,6 +4,19 @@ Every member name is checked before anything is written: no absolute paths, driv
 letters, backslashes, ``..`` parts, links or device files, no duplicates. Sizes are
 checked twice: the declared sizes up front (total, count, compression ratio), and the
 bytes actually written while streaming (a lying header cannot exceed the limits).
+
+The limits (``ZipLimits``; the service sets ``max_total_bytes`` from its
+``max_unzip_bytes`` setting, 2 GiB by default):
+
+- at most 10,000 entries;
+- each member unpacks to at most 10 times its compressed size (members under 64 KiB are
+  exempt) and to at most 256 MiB;
+- the whole archive unpacks to at most 10 times the archive's own size (this also catches
+  members that share their compressed data) and to at most ``max_total_bytes``.
+
+Photos hardly compress (JPEG, PNG, WebP: about 1 : 1), so 10 : 1 leaves room for
+uncompressed formats such as BMP while a zip bomb (1000 : 1 and more) is refused before a
+byte is written.
 """
 
 from __future__ import annotations
@@ -27,11 +40,13 @@ class UnsafeArchive(InvalidRequest):
 
 @dataclass(frozen=True)
 class ZipLimits:
-    max_files: int = 100_000
-    max_total_bytes: int = 4096 * MiB
+    max_files: int = 10_000
+    max_total_bytes: int = 2048 * MiB
     max_file_bytes: int = 256 * MiB
-    #: uncompressed / compressed, per member (images hardly compress: 100 is generous)
-    max_ratio: float = 100.0
+    #: uncompressed / compressed, per member and for the whole archive (images hardly compress)
+    max_ratio: float = 10.0
+    #: members (and archives) that unpack to at most this many bytes skip the ratio check
+    ratio_exempt_bytes: int = 64 * 1024
 
 
 def _member_parts(name: str) -> tuple[str, ...]:
@@ -55,8 +70,13 @@ def _is_link_or_special(info: zipfile.ZipInfo) -> bool:
     return kind not in (0, stat.S_IFREG, stat.S_IFDIR)
 
 
-def check_zip(zf: zipfile.ZipFile, limits: ZipLimits = ZipLimits()) -> list[zipfile.ZipInfo]:
-    """Validate every member's name, kind and declared size; return the file members."""
+def check_zip(zf: zipfile.ZipFile, limits: ZipLimits = ZipLimits(),
+              archive_bytes: int | None = None) -> list[zipfile.ZipInfo]:
+    """Validate every member's name, kind and declared size; return the file members.
+
+    ``archive_bytes`` is the zip file's size, for the whole-archive ratio (unknown: the sum of
+    the members' compressed sizes).
+    """
     infos = zf.infolist()
     if len(infos) > limits.max_files:
         raise UnsafeArchive(f"the zip has {len(infos)} entries, more than the limit {limits.max_files}")
@@ -79,7 +99,8 @@ def check_zip(zf: zipfile.ZipFile, limits: ZipLimits = ZipLimits()) -> list[zipf
         if info.file_size > limits.max_file_bytes:
             raise UnsafeArchive(f"zip entry {info.filename!r} unpacks to {info.file_size} bytes, "
                                 f"more than the per-file limit {limits.max_file_bytes}")
-        if info.file_size > 1024 and info.file_size > limits.max_ratio * max(info.compress_size, 1):
+        if info.file_size > limits.ratio_exempt_bytes \
+                and info.file_size > limits.max_ratio * max(info.compress_size, 1):
             raise UnsafeArchive(f"zip entry {info.filename!r} is compressed {info.file_size} : "
                                 f"{info.compress_size}, more than {limits.max_ratio:.0f} : 1 "
                                 "(a zip bomb?)")
@@ -87,7 +108,28 @@ def check_zip(zf: zipfile.ZipFile, limits: ZipLimits = ZipLimits()) -> list[zipf
         if total > limits.max_total_bytes:
             raise UnsafeArchive(f"the zip unpacks to more than {limits.max_total_bytes} bytes")
         files.append(info)
+    if archive_bytes is None:
+        archive_bytes = sum(info.compress_size for info in files)
+    if total > limits.ratio_exempt_bytes and total > limits.max_ratio * max(archive_bytes, 1):
+        raise UnsafeArchive(f"the zip ({archive_bytes} bytes) unpacks to {total} bytes, more than "
+                            f"{limits.max_ratio:.0f} times its size (a zip bomb?)")
     return files
+
+
+def _size_of(source: str | Path | BinaryIO) -> int | None:
+    """The byte size of a zip given by path or as a seekable file; None if unknown."""
+    if isinstance(source, (str, Path)):
+        try:
+            return os.path.getsize(source)
+        except OSError:
+            return None
+    try:
+        pos = source.tell()
+        end = source.seek(0, os.SEEK_END)
+        source.seek(pos)
+        return end
+    except (OSError, AttributeError, ValueError):
+        return None
 
 
 def safe_extract(source: str | Path | BinaryIO, dest: Path, limits: ZipLimits = ZipLimits()) -> list[Path]:
@@ -100,6 +142,7 @@ def safe_extract(source: str | Path | BinaryIO, dest: Path, limits: ZipLimits = 
     if any(dest.iterdir()):
         raise InvalidRequest(f"{dest} is not empty")
     root = os.path.realpath(dest)
+    archive_bytes = _size_of(source)
     written: list[Path] = []
     try:
         try:
@@ -108,7 +151,7 @@ def safe_extract(source: str | Path | BinaryIO, dest: Path, limits: ZipLimits = 
             raise UnsafeArchive(f"not a readable zip file ({e})") from None
         with zf:
             total = 0
-            for info in check_zip(zf, limits):
+            for info in check_zip(zf, limits, archive_bytes):
                 target = Path(root, *_member_parts(info.filename))
                 if os.path.commonpath([os.path.realpath(target.parent), root]) != root:
                     raise UnsafeArchive(f"zip entry {info.filename!r} leads outside the target folder")

@@ -79,6 +79,8 @@ class Health(BaseModel):
     collection_exists: bool
     images: int
     auth_required: bool
+    #: reads (search, images, jobs, metrics) need the token too: a non-loopback bind without --public-read
+    read_auth_required: bool = False
     indexing_enabled: bool
     training_available: bool
     jobs_active: int

@@ -71,6 +71,27 @@ def load_token_hashes(token_file: Path | None = None, env: dict[str, str] | None
     return hashes
 
 
+def token_file_warning(token_file: Path | None) -> str | None:
+    """One line to print when ``token_file`` is writable by its group or others (they could add
+    their own token) or readable by others (it may hold plain tokens); else None."""
+    if token_file is None or os.name != "posix":
+        return None
+    try:
+        mode = Path(token_file).stat().st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o026:  # group-writable, world-writable, world-readable
+        return None
+    who = []
+    if mode & 0o022:
+        who.append("writable by " + " and ".join(x for x, bit in (("its group", 0o020), ("others", 0o002))
+                                                if mode & bit))
+    if mode & 0o004:
+        who.append("readable by others")
+    return (f"cbir: warning: token file {token_file} is {' and '.join(who)} (mode {mode:03o}); "
+            f"run: chmod 600 {token_file}")
+
+
 def token_matches(presented: str | None, hashes: Iterable[str]) -> bool:
     """Whether ``presented`` hashes to one of ``hashes``; every hash is compared (constant time)."""
     if not presented:

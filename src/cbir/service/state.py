@@ -326,9 +326,10 @@ def thumbnail_path(directory: Path, image_id: int) -> Path:
     return directory / THUMB_DIR / f"{image_id % 256:02x}" / f"{image_id}.jpg"
 
 
-def make_thumbnail(source: Path, dest: Path, size: int, max_pixels: int) -> None:
-    """Decode ``source`` safely (pixel cap, draft JPEG) and write a JPEG thumbnail atomically."""
-    im = load_image(source, target_size=size, max_pixels=max_pixels)
+def make_thumbnail(source: bytes, dest: Path, size: int, max_pixels: int, name: str | None = None) -> None:
+    """Decode the image's bytes (read by the caller through cbir.io.saferead) safely (pixel
+    cap, draft JPEG) and write a JPEG thumbnail atomically."""
+    im = load_image(source, target_size=size, max_pixels=max_pixels, name=name)
     im.thumbnail((size, size), Image.Resampling.LANCZOS)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")

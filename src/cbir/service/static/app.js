@@ -6,6 +6,8 @@ const state = { health: null, followed: null, source: null, pollTimer: null };
 
 // ---- helpers -------------------------------------------------------------------------
 function token() { return sessionStorage.getItem("cbir-token") || ""; }
+// a server bound to a non-loopback address wants the token for reads too (health says so)
+function readAuth() { return !!(state.health && state.health.read_auth_required); }
 
 async function api(method, url, body) {
   const opts = { method, headers: {} };
@@ -46,6 +48,43 @@ function el(tag, attrs, ...children) {
 
 function pct(x) { return (100 * x).toFixed(2) + " %"; }
 
+// ---- images behind the token ----------------------------------------------------------------
+// <img src> and links cannot send an Authorization header, and the server never takes the token
+// from the URL (it would end up in logs and history): when reads need the token, images are
+// fetched with the header and shown from blob: URLs.
+const blobUrls = [];
+function revokeBlobs() { while (blobUrls.length) URL.revokeObjectURL(blobUrls.pop()); }
+
+async function blobUrl(url) {
+  const res = await fetch(url, { headers: { Authorization: "Bearer " + token() } });
+  if (!res.ok) { const err = new Error(`cannot load ${url} (HTTP ${res.status})`); err.status = res.status; throw err; }
+  const u = URL.createObjectURL(await res.blob());
+  blobUrls.push(u);
+  return u;
+}
+
+function loadThumb(img) {
+  blobUrl(img.dataset.src).then((u) => { img.src = u; }).catch(() => { img.alt += " (not loaded)"; });
+}
+const lazyThumbs = window.IntersectionObserver ? new IntersectionObserver((entries) => {
+  for (const e of entries) if (e.isIntersecting) { lazyThumbs.unobserve(e.target); loadThumb(e.target); }
+}, { rootMargin: "300px" }) : null;
+
+function thumb(url, alt) {
+  return readAuth() ? el("img", { "data-src": url, alt }) : el("img", { src: url, alt, loading: "lazy" });
+}
+function loadThumbs(box) {
+  box.querySelectorAll("img[data-src]").forEach((img) => { if (lazyThumbs) lazyThumbs.observe(img); else loadThumb(img); });
+}
+
+function openImage(ev, url) {
+  if (!readAuth()) return; // the link itself opens it
+  ev.preventDefault();
+  const w = window.open("", "_blank");
+  if (!w) { showError(new Error("allow pop-ups for this page to open full-size images")); return; }
+  blobUrl(url).then((u) => { w.location = u; }).catch((e) => { w.close(); showError(e); });
+}
+
 // ---- tabs ----------------------------------------------------------------------------
 function showTab() {
   const name = (location.hash || "#search").slice(1);
@@ -57,15 +96,22 @@ function showTab() {
 }
 
 // ---- header: health and collection ---------------------------------------------------------
+// false while the page waits for the token it needs for reads
 async function loadHealth() {
   try {
     state.health = await api("GET", "/api/health");
     $("#token-form").hidden = !state.health.auth_required;
+    $("#token").placeholder = readAuth() ? "needed to use this server" : "needed for changes";
+    if (readAuth() && !token()) {
+      $("#stats").textContent = "this server needs its API token: enter it at the top of the page";
+      return false;
+    }
     const c = await api("GET", "/api/collection");
     $("#stats").textContent = c.exists
       ? `${c.images.toLocaleString()} images · ${c.extractor} · index ${c.index_type || "not built yet"}`
       : "no collection yet: index a folder first";
   } catch (e) { showError(e); }
+  return true;
 }
 
 // ---- search --------------------------------------------------------------------------
@@ -117,14 +163,16 @@ async function runSearch(byId) {
 function renderHits(data) {
   const box = $("#results");
   box.replaceChildren();
+  revokeBlobs();
   const q = data.query.type === "id" ? `images like ${data.query.name}` : data.query.name;
   $("#search-status").textContent = data.collection_images === 0
     ? "the collection is empty: index a folder first (Index tab)"
     : `${data.hits.length} result(s) for ${q} in ${Math.round(data.took_ms)} ms, from ${data.collection_images.toLocaleString()} images`;
   for (const h of data.hits) {
     const card = el("div", { class: "hit", "data-id": h.id },
-      el("a", { class: "open", href: h.image_url, target: "_blank", rel: "noopener", title: h.path },
-        el("img", { src: h.thumbnail_url, alt: h.name, loading: "lazy" })),
+      el("a", { class: "open", href: h.image_url, target: "_blank", rel: "noopener", title: h.path,
+        onclick: (ev) => openImage(ev, h.image_url) },
+        thumb(h.thumbnail_url, h.name)),
       el("div", { class: "meta" },
         el("span", { class: "sim", title: `distance ${h.distance.toFixed(4)}` }, pct(h.similarity)),
         el("button", { type: "button", class: "like", title: "find images like this one",
@@ -132,6 +180,7 @@ function renderHits(data) {
       el("div", { class: "name", title: h.path }, `#${h.rank} ${h.name}`));
     box.append(card);
   }
+  loadThumbs(box);
 }
 
 async function runScene(ev) {
@@ -157,6 +206,7 @@ async function runScene(ev) {
 function renderScene(data) {
   const box = $("#results");
   box.replaceChildren();
+  revokeBlobs();
   const notes = data.notes.length ? ` (${data.notes.join("; ")})` : "";
   $("#search-status").textContent =
     `${data.hits.length} scene(s) showing ${data.query.join(" + ")} in ${Math.round(data.took_ms)} ms${notes}`;
@@ -164,8 +214,9 @@ function renderScene(data) {
     const ev = Object.entries(h.evidence).map(([c, e]) =>
       `${c} ${Math.round(100 * e.visual)}%` + (e.text === null ? "" : ` / tags ${Math.round(100 * e.text)}%`));
     const card = el("div", { class: "hit", "data-id": h.id },
-      el("a", { class: "open", href: h.image_url, target: "_blank", rel: "noopener", title: h.path },
-        el("img", { src: h.thumbnail_url, alt: h.name, loading: "lazy" })),
+      el("a", { class: "open", href: h.image_url, target: "_blank", rel: "noopener", title: h.path,
+        onclick: (ev) => openImage(ev, h.image_url) },
+        thumb(h.thumbnail_url, h.name)),
       el("div", { class: "meta" },
         el("span", { class: "sim", title: "fused relevance r(Q, image)" }, h.score.toFixed(3)),
         el("button", { type: "button", class: "like", title: "find images like this one",
@@ -174,6 +225,7 @@ function renderScene(data) {
       el("div", { class: "evidence muted" }, ev.join(" · ")));
     box.append(card);
   }
+  loadThumbs(box);
 }
 
 // ---- indexing jobs ----------------------------------------------------------------------
@@ -230,7 +282,8 @@ function followJob(id) {
     try { if (done(await api("GET", `/api/jobs/${id}`))) return; } catch (e) { showError(e); }
     state.pollTimer = setTimeout(poll, 1000);
   };
-  if (window.EventSource) {
+  // EventSource cannot send the Authorization header: poll when reads need the token
+  if (window.EventSource && !readAuth()) {
     const src = new EventSource(`/api/jobs/${id}/events`);
     state.source = src;
     src.addEventListener("job", (ev) => done(JSON.parse(ev.data)));
@@ -387,7 +440,10 @@ async function startTraining(ev) {
 function init() {
   $("#error-close").addEventListener("click", clearError);
   $("#token").value = token();
-  $("#token").addEventListener("change", (e) => sessionStorage.setItem("cbir-token", e.target.value.trim()));
+  $("#token").addEventListener("change", (e) => {
+    sessionStorage.setItem("cbir-token", e.target.value.trim());
+    if (readAuth()) { clearError(); start(); }
+  });
   $("#token-form").addEventListener("submit", (e) => e.preventDefault());
   window.addEventListener("hashchange", showTab);
 
@@ -414,7 +470,11 @@ function init() {
     $("#rebuild-type").append(...types.map((t) => el("option", { value: t }, t)));
   }).catch(() => {});
 
-  loadHealth().then(() => { showTab(); loadRoots(); loadJobs(); });
+  start();
+}
+
+function start() {
+  loadHealth().then((ready) => { showTab(); if (ready) { loadRoots(); loadJobs(); } });
 }
 
 document.addEventListener("DOMContentLoaded", init);
