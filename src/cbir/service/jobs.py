@@ -230,7 +230,8 @@ class JobRunner:
         return job
 
     def cancel(self, job_id: str) -> dict[str, Any] | None:
-        """Cancel a queued job at once, or ask a running one to stop after its current batch."""
+        """Cancel a queued job at once, or ask a running one to stop after its current image
+        (a job process that does not stop within seconds is killed: see workers.run_in_child)."""
         with self._lock:
             job = self.store.get(job_id)
             if job is None:
@@ -240,7 +241,7 @@ class JobRunner:
                                   message="cancelled before it started")
             elif job["status"] == "running" and self._current is not None and self._current.id == job_id:
                 self._current.stop.set()
-                self.store.update(job_id, message="stopping after the current batch")
+                self.store.update(job_id, message="stopping")
         return self.store.get(job_id)
 
     def _work(self) -> None:
@@ -266,7 +267,7 @@ class JobRunner:
             out = self.handlers[kind](ctx)
         except JobCancelled:
             self.store.update(ctx.id, status="cancelled", finished=time.time(),
-                              message="cancelled; work already committed is kept")
+                              message="cancelled; work already committed is kept, start again to resume")
             return
         except CbirError as e:
             self.store.update(ctx.id, status="failed", finished=time.time(), message=str(e))
