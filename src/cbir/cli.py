@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,12 @@ def _positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
     return v
+
+
+def _collection_path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a collection folder, got an empty path")
+    return Path(text)
 
 
 def _seeds(text: str) -> list[int]:
@@ -163,15 +171,20 @@ def cmd_hash_train(args: argparse.Namespace) -> int:
 
     with _open(args) as col:
         res = codes.train(col, args.method, args.bits, name=args.name, tag_source=args.tags,
-                          vectors=args.vectors, seed=args.seed,
-                          progress=lambda m: print(m, file=sys.stderr))
-    d = {"name": res.name, "method": res.method, "bits": res.bits, "images": res.images,
-         "seconds": round(res.seconds, 2)}
+                          vectors=args.vectors, seed=args.seed, weak=args.weak,
+                          progress=lambda m: print(m, file=sys.stderr),
+                          warn=lambda m: print(f"cbir: warning: {m}", file=sys.stderr))
     if args.json:
-        _print_json(d)
+        _print_json(res.as_dict())
     else:
+        if res.choice:
+            print(f"auto chose {res.choice['reason']}")
         print(f"trained {res.name}: {res.method}, {res.bits} bits, {res.images} images, "
               f"{res.seconds:.1f} s; search with: cbir search IMAGE --codes {res.name}")
+        if res.codes:
+            from cbir.hashing.supervision import CodeStats
+
+            print(f"codes: {CodeStats(**res.codes).summary()}")
     return EXIT_OK
 
 
@@ -194,11 +207,7 @@ def cmd_hash_delete(args: argparse.Namespace) -> int:
     from cbir import codes
 
     with _open(args) as col, col.writer_lock():
-        path = codes.hasher_path(col, args.name)
-        if not path.exists():
-            raise InvalidRequest(f"no codes named {args.name!r}")
-        path.unlink()
-        n = col.catalog.drop_codes(args.name)
+        n = codes.delete(col, args.name)
     print(f"deleted {args.name} ({n} codes)")
     return EXIT_OK
 
@@ -260,7 +269,19 @@ def cmd_eval_folder(args: argparse.Namespace) -> int:
 
     result = evaluate_folder(Path(args.dataset), extractor=args.extractor,
                              collection_dir=args.collection, ks=args.ks,
-                             progress=not args.quiet)
+                             progress=not args.quiet, warn=lambda m: print(m, file=sys.stderr))
+    if args.json:
+        _print_json(result)
+    else:
+        print(result["table"])
+    return EXIT_OK
+
+
+def cmd_eval_words(args: argparse.Namespace) -> int:
+    from cbir.eval.words import evaluate_words
+
+    result = evaluate_words(Path(args.dataset), extractor=args.extractor, collection_dir=args.collection,
+                            ks=args.ks, progress=not args.quiet, warn=lambda m: print(m, file=sys.stderr))
     if args.json:
         _print_json(result)
     else:
@@ -272,15 +293,23 @@ def cmd_eval_hashing(args: argparse.Namespace) -> int:
     from cbir.eval.hashing_benchmark import run, write_json
 
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    dataset = args.dataset or ("folder" if args.root else None)
+    if dataset is None:
+        raise InvalidRequest("name a benchmark dataset, or give a folder-per-class dataset with "
+                             "--root DIR")
+    if dataset == "folder" and args.root is None:
+        raise InvalidRequest("the folder dataset needs --root DIR (one sub-folder per class)")
+    extra = {"extractor": args.extractor} if args.extractor else {}
     runs = []
     for seed in args.seed:
         if len(args.seed) > 1:
             log(f"-- seed {seed}")
-        runs.append(run(args.dataset, args.root or Path(".data") / args.dataset,
+        runs.append(run(dataset, args.root or Path(".data") / dataset,
                         methods=[m for m in args.methods.split(",") if m], bits=args.bits,
                         vectors=args.vectors, seed=seed,
                         relevance=[r for r in args.relevance.split(",") if r], plot=args.plot,
-                        log=log, progress=not args.quiet, collection_dir=args.collection))
+                        log=log, progress=not args.quiet, collection_dir=args.collection,
+                        auto_weak=args.weak, **extra))
     result = runs[0]
     if len(runs) > 1:
         from cbir.eval.hashing_seeds import format_seed_tables, summarize_seeds
@@ -299,6 +328,9 @@ def cmd_eval_hashing(args: argparse.Namespace) -> int:
         print(f"{result['dataset']}: {result['protocol']}")
         for kind, table in result["tables"].items():
             print(f"\n== relevance: {kind} ==\n{table}")
+        for r in runs:
+            if r.get("auto"):
+                print(f"\nauto (seed {r['seed']}) chose {r['auto']['reason']}")
     return EXIT_OK
 
 
@@ -317,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cbir", description="Content-based image retrieval: index a folder, "
                 "search by example image.")
     p.add_argument("--version", action="version", version=f"cbir {__version__}")
-    p.add_argument("--collection", "-c", type=Path, default=None,
+    p.add_argument("--collection", "-c", type=_collection_path, default=None,
                    help="collection directory (default: $CBIR_COLLECTION or the per-user data dir)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -363,7 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     hsub = s.add_subparsers(dest="hash_command", required=True, parser_class=_Parser)
     h = hsub.add_parser("train", help="learn codes from the collection's features (and tags)")
     h.add_argument("--method", required=True, help="lsh, pcah, itq, sh, wdht, ws-dsh, "
-                   "ws-hashnet, idea, idea-l, idea-a (see `cbir hash methods`)")
+                   "ws-hashnet, idea, idea-l, idea-a (see `cbir hash methods`), or auto: ITQ "
+                   "when the tags carry less than the features (e.g. machine tags only), else "
+                   "the --weak method")
+    h.add_argument("--weak", default="wdht", metavar="METHOD",
+                   help="with --method auto: the weakly supervised method it may choose "
+                        "(default wdht)")
     h.add_argument("--bits", type=_positive_int, default=32, help="code length, 8 to 128")
     h.add_argument("--name", default=None, help="name of the codes (default METHOD-BITS)")
     h.add_argument("--tags", choices=["auto", "user", "machine"], default="auto",
@@ -408,6 +445,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", "-q", action="store_true")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval_folder)
+    e = esub.add_parser("words", help="folder-per-class dataset searched by its class names "
+                        "(built-in concepts, no training): P@K and AP per class")
+    e.add_argument("dataset", help="folder with one sub-folder per class; the folder names are the queries")
+    e.add_argument("--extractor", choices=EXTRACTORS.names(), default=DEFAULT_EXTRACTOR,
+                   help="feature extractor (built-in concepts need efficientnet-lite0's classes)")
+    e.add_argument("--ks", type=lambda t: [_positive_int(x) for x in t.split(",")],
+                   default=[10, 20], help="cut-offs, comma-separated (default 10,20)")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    e.add_argument("--json", action="store_true", help="the result as JSON on stdout")
+    e.set_defaults(func=cmd_eval_words)
 
     for module in COMMAND_MODULES:
         import importlib
@@ -416,11 +463,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = esub.add_parser("hashing", help="the papers' hashing tables (mAP@K, P@N, P within "
                         "radius 2, PR curves) on a benchmark dataset")
-    e.add_argument("dataset", choices=["corel5k", "cifar10", "wang", "mirflickr25k", "nuswide"])
+    e.add_argument("dataset", nargs="?", default=None,
+                   choices=["corel5k", "cifar10", "wang", "mirflickr25k", "nuswide", "folder"],
+                   help="a benchmark; omit it (or say folder) to evaluate any folder-per-class "
+                        "dataset given by --root, held out like Wang (machine tags as the weak "
+                        "supervision, the folder as the class)")
     e.add_argument("--root", type=Path, default=None,
-                   help="the extracted dataset (default .data/DATASET; see README: Evaluation)")
+                   help="the extracted dataset (default .data/DATASET; see README: Evaluation), "
+                        "or any folder with one sub-folder of images per class")
+    e.add_argument("--extractor", choices=EXTRACTORS.names(), default=None,
+                   help="feature extractor (default efficientnet-lite0)")
     e.add_argument("--methods", default="lsh,pcah,itq,sh,wdht,idea,idea-l,idea-a",
-                   help="comma-separated hashing methods (see `cbir hash methods`)")
+                   help="comma-separated hashing methods (see `cbir hash methods`), and auto "
+                        "(what `cbir hash train --method auto` would train)")
+    e.add_argument("--weak", default="wdht", metavar="METHOD",
+                   help="the weakly supervised method auto may choose (default wdht)")
     e.add_argument("--bits", type=lambda t: [_positive_int(x) for x in t.split(",")],
                    default=[12, 16, 24, 32, 48, 64], help="code lengths, comma-separated")
     e.add_argument("--vectors", choices=["word2vec", "glove", "minilm"], default="glove",
@@ -449,15 +506,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """warnings.showwarning for the CLI: one line, without the source line Python adds."""
+    print(f"cbir: warning: {_one_line(str(message))}", file=file or sys.stderr)
+
+
+def _route_warnings(args: argparse.Namespace) -> None:
+    """Inside ``warnings.catch_warnings()``: a warning prints as one line (with --debug, as
+    Python prints it); under --quiet/--json, Pillow's (decompression bomb, corrupt EXIF...)
+    are dropped: every file they concern is reported as indexed or skipped anyway."""
+    if not getattr(args, "debug", False):
+        warnings.showwarning = _show_warning
+    if getattr(args, "quiet", False) or getattr(args, "json", False):
+        warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+        warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        _route_warnings(args)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except CbirError as e:
         if args.debug:
             raise
-        print(f"cbir: error: {e}", file=sys.stderr)
+        print(f"cbir: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("cbir: interrupted (committed work is kept; run the same command to resume)",
@@ -465,6 +548,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except sqlite3.DatabaseError as e:  # a catalog damaged beyond what opening it checks
+        if args.debug:
+            raise
+        print(f"cbir: error: the collection's catalog cannot be read ({_one_line(str(e))}); "
+              "check it with `cbir verify`", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:  # a file or folder the command needs: the OS says what is wrong
+        if args.debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"cbir: error: {_one_line(e.strerror or str(e))}{where}", file=sys.stderr)
+        return EXIT_ERROR
+    except MemoryError:
+        if args.debug:
+            raise
+        print("cbir: error: not enough memory for this command", file=sys.stderr)
+        return EXIT_ERROR
     except Exception as e:  # noqa: BLE001 — one line, not a traceback, unless --debug
         if args.debug:
             raise

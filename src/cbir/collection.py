@@ -43,6 +43,22 @@ def default_collection_dir() -> Path:
     return Path(platformdirs.user_data_dir("cbir")) / "default"
 
 
+def check_collection_path(directory: Path) -> None:
+    """Refuse a collection path that is, or lies under, something other than a folder."""
+    if not str(directory).strip():
+        raise CollectionError("the collection path is empty; give a folder with --collection DIR")
+    for p in (directory, *directory.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise CollectionError(f"cannot use {directory} as a collection: "
+                                      f"{p} is a file, not a folder")
+            return
+
+
+def is_writable(path: Path) -> bool:
+    return os.access(path, os.W_OK)
+
+
 @dataclass
 class IndexState:
     kind: str
@@ -66,13 +82,17 @@ class Collection:
     @classmethod
     def open(cls, directory: Path | None = None) -> Collection:
         directory = Path(directory) if directory else default_collection_dir()
+        check_collection_path(directory)
         if not (directory / MANIFEST_NAME).exists():
             raise CollectionError(
                 f"no collection at {directory}; build one with `cbir index FOLDER`"
                 + ("" if directory == default_collection_dir() else f" --collection {directory}")
             )
         manifest = read_manifest(directory)
-        return cls(directory, manifest, Catalog(directory / CATALOG_NAME, manifest.dim))
+        catalog_path = directory / CATALOG_NAME
+        readonly = not is_writable(directory) or (catalog_path.exists()
+                                                  and not is_writable(catalog_path))
+        return cls(directory, manifest, Catalog(catalog_path, manifest.dim, readonly=readonly))
 
     @classmethod
     def create_or_open(cls, directory: Path | None = None, extractor: str | None = None,
@@ -87,9 +107,12 @@ class Collection:
                     f"not {extractor!r}; choose another --collection"
                 )
             return col
-        if directory.exists() and not directory.is_dir():
-            raise CollectionError(f"{directory} exists and is not a directory")
-        directory.mkdir(parents=True, exist_ok=True)
+        check_collection_path(directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CollectionError(f"cannot create the collection folder {directory}: "
+                                  f"{e.strerror or e}") from None
         ext = create_extractor(extractor or DEFAULT_EXTRACTOR, **(extractor_kwargs or {}))
         manifest = Manifest(extractor=ext.name, dim=ext.dim, preprocessing=ext.preprocessing)
         # the catalog first, the manifest last: a collection is only "there" once both are
@@ -98,6 +121,11 @@ class Collection:
         col = cls(directory, manifest, catalog)
         col._extractor = ext
         return col
+
+    @property
+    def readonly(self) -> bool:
+        """Opened from a folder we may not write to: search and inspect only."""
+        return bool(getattr(self.catalog, "readonly", False))
 
     def close(self) -> None:
         self.catalog.close()
@@ -110,6 +138,9 @@ class Collection:
 
     def writer_lock(self, wait: bool = False) -> WriterLock:
         """``with col.writer_lock():`` — this process becomes the collection's one writer."""
+        if self.readonly:
+            raise CollectionError(f"collection {self.directory} is read-only (no write "
+                                  "permission); searching it works, changing it does not")
         lock = WriterLock(self.directory, wait=wait)
         lock.on_release = self._forget_lock
         self._lock = lock
@@ -193,7 +224,10 @@ class Collection:
                 idx = load_index(path)
             except Exception:  # noqa: BLE001 — a damaged cache is rebuilt from the catalog
                 idx = None
-        if idx is not None and state and state.kind == target and state.generation == generation:
+        # (a saved index short of the catalog's count lacks rows whose feature is damaged:
+        # syncing again skips them again, and says so)
+        if idx is not None and state and state.kind == target and state.generation == generation \
+                and len(idx) == n:
             self._index, self._index_generation = idx, generation
             return idx
         changed = False
@@ -201,7 +235,7 @@ class Collection:
             idx = create_index(target, self.manifest.dim, **self._index_params(target, n))
             changed = True
         changed |= self._sync(idx)
-        if persist and (changed or not state or state.generation != generation
+        if persist and not self.readonly and (changed or not state or state.generation != generation
                         or state.kind != target):
             self._save_index(idx, target, generation)
         self._index, self._index_generation = idx, generation

@@ -40,3 +40,11 @@ class CollectionError(CbirError):
 
 class BackendUnavailable(CbirError):
     """An optional dependency is missing; the message names the extra to install."""
+
+
+class CbirWarning(UserWarning):
+    """Something the user should know that did not stop the work (the CLI prints one line)."""
+
+
+class DamagedFeatureWarning(CbirWarning):
+    """Catalog rows whose stored feature is missing or of the wrong size were skipped."""

@@ -19,6 +19,7 @@ from cbir.collection import Collection
 from cbir.errors import InvalidRequest
 from cbir.extract.base import l2_normalize
 from cbir.extract.pipeline import embed_images
+from cbir.index.base import check_k
 from cbir.io.images import load_image
 
 
@@ -98,6 +99,9 @@ def query_from_members(collection: Collection, paths: Sequence[str | Path], *,
             raise InvalidRequest(f"{p} is not in the collection; index it first or search by file")
         if rec.status != "ok":
             raise InvalidRequest(f"{p} is in the collection but could not be indexed: {rec.error}")
+        if rec.feature is None or rec.feature.shape != (cat.dim,):
+            raise InvalidRequest(f"{p} (image id {rec.id}) has a damaged stored feature; "
+                                 "`cbir remove` it and index it again, or search by file")
         ids.append(rec.id)
         feats.append(rec.feature)
         labels.append(rec.labels)
@@ -113,8 +117,7 @@ def query_from_members(collection: Collection, paths: Sequence[str | Path], *,
 def search(collection: Collection, query: Query, *, k: int = 10, min_similarity: float = 0.0,
            index_kind: str | None = None, **search_kw) -> list[Hit]:
     """Top-k hits for ``query``, best first, never including removed images."""
-    if k < 1:
-        raise InvalidRequest(f"k must be at least 1, got {k}")
+    k = check_k(k)
     if not 0.0 <= min_similarity <= 1.0:
         raise InvalidRequest(f"--min-similarity must be between 0 and 1, got {min_similarity}")
     idx = collection.index(index_kind)
@@ -131,7 +134,8 @@ def search(collection: Collection, query: Query, *, k: int = 10, min_similarity:
             probs = query.class_probs(collection.extractor.class_names)
         if probs is not None:
             kw.setdefault("query_probs", probs[None, :])
-    want = k + len(query.exclude)
+    # never ask for more than the index holds: -k 1000000000 must not allocate gigabytes
+    want = min(k + len(query.exclude), len(idx))
     scores, ids = idx.search(query.vector[None, :].astype(np.float32), want, **kw)
     pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True)
              if i >= 0 and int(i) not in query.exclude]
@@ -143,10 +147,11 @@ def build_hits(collection: Collection, ranked: Sequence[tuple[int, float, int | 
                k: int, min_similarity: float = 0.0) -> list[Hit]:
     """Ranked (id, cosine, hamming or None) -> up to k Hits, skipping ids no longer 'ok'."""
     recs = collection.catalog.records([i for i, _, _ in ranked])
+    damaged = set(collection.catalog.damaged_among(list(recs)))
     hits: list[Hit] = []
     for i, cos, ham in ranked:
         rec = recs.get(i)
-        if rec is None or rec.status != "ok":  # removed since the index was synced
+        if rec is None or rec.status != "ok" or i in damaged:  # removed since the index was synced
             continue
         cos = min(1.0, max(-1.0, cos))
         d = distance_from_cosine(cos)

@@ -33,8 +33,10 @@ def verify(collection: Collection, *, check_files: bool = False) -> dict[str, An
             problems.append(f"index {path.name} cannot be loaded ({e}); "
                             "delete it and it is rebuilt from the catalog")
         else:
-            want = collection.catalog.ok_ids()
-            have = idx.ids()
+            # rows with a damaged feature: integrity_problems names them, searches skip them
+            damaged = collection.catalog.damaged_feature_ids()
+            want = np.setdiff1d(collection.catalog.ok_ids(), damaged)
+            have = np.setdiff1d(idx.ids(), damaged)
             if state.generation == generation:
                 if not np.array_equal(np.sort(have), want):
                     problems.append(
@@ -47,6 +49,14 @@ def verify(collection: Collection, *, check_files: bool = False) -> dict[str, An
                     f"to add, {len(np.setdiff1d(have, want))} to drop); it is synced on the "
                     "next search"
                 )
+    # learned hash codes against their hasher, and the collection's trained models
+    from cbir.codes import verify_codes
+    from cbir.train.registry import ModelRegistry, default_models_dir
+
+    for more_problems, more_notes in (verify_codes(collection),
+                                      ModelRegistry(default_models_dir(collection.directory)).verify()):
+        problems += more_problems
+        notes += more_notes
     leftovers = [p.name for p in collection.directory.rglob("*.tmp")]
     if leftovers:
         notes.append(f"{len(leftovers)} temporary file(s) left by an interrupted writer "

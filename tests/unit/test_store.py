@@ -133,7 +133,7 @@ def test_missing_manifest_says_how_to_create(tmp_path):
 
 
 def test_a_version_1_catalog_is_migrated_in_place(tmp_path):
-    from cbir.store.catalog import _MIGRATIONS
+    from cbir.store.catalog import _MIGRATIONS, SCHEMA_VERSION
 
     path = tmp_path / "catalog.sqlite"
     db = sqlite3.connect(path)
@@ -142,7 +142,7 @@ def test_a_version_1_catalog_is_migrated_in_place(tmp_path):
     db.commit()
     db.close()
     with Catalog(path, DIM) as cat:
-        assert cat.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert cat.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert cat.count() == 1  # the rows survive
         cat.put_codes("h", [1], np.array([[7]], dtype=np.uint8))
         assert cat.ids_without_codes("h").tolist() == []

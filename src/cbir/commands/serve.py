@@ -1,8 +1,9 @@
 """``cbir serve``: the web page and REST API over one collection (uvicorn + FastAPI).
 
 Binds 127.0.0.1 by default. Any other address needs an API token (``--token-file`` or
-``$CBIR_API_TOKEN``) for every mutating endpoint. Folders may only be indexed from the
-web under ``--allow-root`` folders.
+``$CBIR_API_TOKEN``), for reads as well as writes unless ``--public-read``, and answers only
+to Host names it knows (``--allowed-host``). Folders may only be indexed from the web under
+``--allow-root`` folders.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from cbir.errors import BackendUnavailable, InvalidRequest
 MiB = 1024 * 1024
 
 
+def _collection_path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a collection folder, got an empty path")
+    return Path(text)
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -31,12 +38,20 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; others need --token-file)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
-    s.add_argument("--collection", dest="serve_collection", type=Path, default=None, metavar="DIR",
+    s.add_argument("--collection", dest="serve_collection", type=_collection_path, default=None,
+                   metavar="DIR",
                    help="collection directory (same as the global --collection)")
     s.add_argument("--allow-root", action="append", default=[], metavar="DIR", type=Path,
                    help="a folder the web page may index (with its sub-folders); repeatable")
     s.add_argument("--token-file", type=Path, default=None,
                    help="file with API token hashes (see --create-token); also $CBIR_API_TOKEN")
+    s.add_argument("--public-read", action="store_true",
+                   help="with a non-loopback --host: let searches, images, jobs and /metrics go "
+                   "without the token (by default every endpoint but /api/health, the page and "
+                   "the docs needs it there)")
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host header name the server answers to besides the bound address and "
+                   "localhost (e.g. its DNS name, or a reverse proxy's); repeatable")
     s.add_argument("--create-token", type=Path, default=None, metavar="FILE",
                    help="write a new token's hash to FILE, print the token once, and exit")
     s.add_argument("--extractor", default=None,
@@ -67,7 +82,7 @@ def register(sub: argparse._SubParsersAction, parser_class: type[argparse.Argume
 def build_config(args: argparse.Namespace):
     """The ServiceConfig for parsed arguments (checks roots, tokens and the bind address)."""
     from cbir.collection import default_collection_dir
-    from cbir.service.config import LOOPBACK_HOSTS, ServiceConfig
+    from cbir.service.config import ServiceConfig, accepted_hosts
     from cbir.service.security import load_token_hashes
 
     collection = args.serve_collection or getattr(args, "collection", None) or default_collection_dir()
@@ -104,8 +119,37 @@ def build_config(args: argparse.Namespace):
                                  + ", ".join(EXTRACTORS.names()))
     return ServiceConfig(collection=Path(collection), allow_roots=roots, token_hashes=hashes,
                          extractor=args.extractor, max_upload_bytes=int(args.max_upload_mb * MiB),
-                         max_pixels=args.max_pixels,
-                         allowed_hosts=list(LOOPBACK_HOSTS) if loopback else None, **tuning)
+                         max_pixels=args.max_pixels, host=args.host,
+                         public_read=bool(getattr(args, "public_read", False)),
+                         allowed_hosts=accepted_hosts(args.host, getattr(args, "allowed_host", None) or []),
+                         **tuning)
+
+
+def check_not_served(directory: Path) -> None:
+    """Refuse, before uvicorn starts, a collection path that is not a usable folder or that
+    another ``cbir serve`` already serves (the same checks fail in the app's lifespan too, but
+    an error there escapes through uvicorn as a traceback and exit status 3)."""
+    import fcntl
+
+    from cbir.collection import check_collection_path
+    from cbir.errors import CollectionError
+    from cbir.service.state import SERVICE_LOCK
+
+    check_collection_path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / SERVICE_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # never served
+    except OSError as e:
+        raise CollectionError(f"cannot use {directory} as a collection: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise CollectionError(f"another `cbir serve` is already serving {directory}; "
+                              "stop it or choose another --collection") from None
+    finally:
+        os.close(fd)  # releases the probe's lock; the service takes its own in start()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -127,14 +171,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise BackendUnavailable(f"the web service needs the 'service' extra ({e.name} is missing): "
                                  "pip install 'cbir[service]'") from None
+    from cbir.service.httpserver import uvicorn_options
+    from cbir.service.security import token_file_warning
+
     config = build_config(args)
+    check_not_served(config.collection)
+    warning = token_file_warning(args.token_file)
+    if warning:
+        print(warning, file=sys.stderr)
     app = create_app(config)
     where = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}"
     print(f"cbir: serving {config.collection} on {where} (API docs at {where}/docs); "
           f"indexable roots: {', '.join(map(str, config.allow_roots)) or 'none (use --allow-root)'}",
           file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5, server_header=False, access_log=not args.no_access_log)
+    uvicorn.run(app, host=args.host, port=args.port,
+                **uvicorn_options(log_level=args.log_level, access_log=not args.no_access_log))
     return 0
 
 

@@ -21,7 +21,9 @@ import numpy as np
 from cbir.errors import CollectionError
 
 CATALOG_NAME = "catalog.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
+#: class probabilities kept per image (the top ones; what built-in word search scores)
+CLASS_PROBS_K = 16
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -60,7 +62,38 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (hasher, image_id)
     );
     """,
+    # which generation of a hasher is current (its file is hashers/<name>/g<generation>.safetensors)
+    # and which generation made each code: re-training swaps both in one transaction
+    3: """
+    ALTER TABLE codes ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE hashers (
+        name TEXT PRIMARY KEY,
+        generation INTEGER NOT NULL,
+        bits INTEGER NOT NULL,
+        sha256 TEXT NOT NULL
+    );
+    """,
+    # the image's top CLASS_PROBS_K class probabilities: K uint16 class indices, K float16 probs
+    4: """
+    ALTER TABLE images ADD COLUMN class_probs BLOB;
+    """,
 }
+
+
+def pack_class_probs(probs: np.ndarray, k: int = CLASS_PROBS_K) -> bytes:
+    """The ``k`` largest of (n_classes,) probabilities as bytes: k uint16 indices, k float16."""
+    p = np.asarray(probs, dtype=np.float32).reshape(-1)
+    k = min(k, p.shape[0])
+    top = np.argpartition(-p, k - 1)[:k]
+    top = top[np.argsort(-p[top], kind="stable")]
+    return top.astype("<u2").tobytes() + p[top].astype("<f2").tobytes()
+
+
+def unpack_class_probs(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(indices int32, probabilities float32) of a pack_class_probs blob."""
+    k = len(blob) // 4
+    idx = np.frombuffer(blob, dtype="<u2", count=k).astype(np.int32)
+    return idx, np.frombuffer(blob, dtype="<f2", offset=2 * k, count=k).astype(np.float32)
 
 
 @dataclass
@@ -82,6 +115,8 @@ class ImageRecord:
     regions: np.ndarray | None = None
     id: int | None = None
     indexed_at: float = 0.0
+    #: (n_classes,) class probabilities to keep (their top CLASS_PROBS_K are stored); write only
+    class_probs: np.ndarray | None = None
 
 
 _COLUMNS = (
@@ -115,18 +150,52 @@ class Catalog:
     def __init__(self, path: Path, dim: int, *, readonly: bool = False):
         self.path = Path(path)
         self.dim = dim
+        #: opened read-only (the collection folder or the file is not writable): no writes
+        self.readonly = readonly
         if readonly and not self.path.exists():
             raise CollectionError(f"no catalog at {self.path}; run `cbir index FOLDER` first")
         try:
-            self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                      check_same_thread=False)
+            self.db = self._connect_readonly() if readonly else sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
             raise CollectionError(f"cannot open catalog {self.path}: {e}") from None
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        try:
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:  # e.g. "file is not a database": random bytes
+            self.db.close()
+            raise CollectionError(f"cannot read catalog {self.path}: {e} (restore it from a "
+                                  "backup, or delete it and index the folders again)") from None
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """Open without writing anything, not even WAL side files.
+
+        Without a (non-empty) -wal file every committed row is in the main file, so
+        ``immutable=1`` (no locks, no side files) reads it exactly. Otherwise ``mode=ro``
+        reads the -wal too, which in a folder we cannot write to needs its -shm file.
+        """
+        uri = self.path.resolve().as_uri()
+        wal = self.path.with_name(self.path.name + "-wal")
+        if not (wal.exists() and wal.stat().st_size > 0):
+            return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as e:
+            db.close()
+            raise CollectionError(
+                f"catalog {self.path} has changes in {wal.name} that cannot be read without "
+                f"write access ({e}); open the collection once with write access") from None
+        return db
 
     # -- schema ---------------------------------------------------------------------------
     def _migrate(self) -> None:
@@ -136,6 +205,11 @@ class Catalog:
                 f"catalog {self.path} has schema version {version}, newer than this cbir "
                 f"understands ({SCHEMA_VERSION}); upgrade cbir"
             )
+        if version < SCHEMA_VERSION and self.readonly:
+            raise CollectionError(
+                f"catalog {self.path} has schema version {version}, older than this cbir's "
+                f"({SCHEMA_VERSION}), and its folder is read-only; open it once with write "
+                "access to upgrade it")
         for v in range(version + 1, SCHEMA_VERSION + 1):
             # one script = one transaction: a crash mid-migration leaves the old version
             self.db.executescript(f"BEGIN; {_MIGRATIONS[v]} PRAGMA user_version={v}; COMMIT;")
@@ -208,12 +282,15 @@ class Catalog:
                     blob = f.tobytes()
                 cur = db.execute(
                     "INSERT INTO images (path, sha256, size, mtime_ns, width, height, status, error,"
-                    " labels, top_class, tags, feature, indexed_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " labels, top_class, tags, feature, indexed_at, class_probs)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         r.path, r.sha256, r.size, r.mtime_ns, r.width, r.height, r.status, r.error,
                         json.dumps([list(x) for x in r.labels]), r.top_class,
                         json.dumps(r.tags, ensure_ascii=False), blob, now,
+                        None if r.class_probs is None else (
+                            r.class_probs if isinstance(r.class_probs, bytes) else
+                            pack_class_probs(r.class_probs)),
                     ),
                 )
                 rid = int(cur.lastrowid)
@@ -323,11 +400,51 @@ class Catalog:
                 rows += self.db.execute(
                     f"SELECT id, feature FROM images WHERE status='ok' AND id IN ({q})", chunk
                 ).fetchall()
+        size = 2 * self.dim
+        damaged = [int(r[0]) for r in rows if r[1] is None or len(r[1]) != size]
+        if damaged:  # skipped, never broadcast into a vector; `cbir verify` names them
+            self._warn_damaged(damaged)
+            rows = [r for r in rows if r[1] is not None and len(r[1]) == size]
         out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         feats = np.empty((len(rows), self.dim), dtype=np.float32)
         for i, r in enumerate(rows):
             feats[i] = self._decode(r[1])
         return out_ids, feats
+
+    def _warn_damaged(self, ids: list[int]) -> None:
+        import warnings
+
+        from cbir.errors import DamagedFeatureWarning
+
+        q = ",".join("?" * min(len(ids), 3))
+        named = self.db.execute(f"SELECT id, path FROM images WHERE id IN ({q}) ORDER BY id",
+                                ids[:3]).fetchall()
+        more = f" and {len(ids) - len(named)} more" if len(ids) > len(named) else ""
+        warnings.warn(DamagedFeatureWarning(
+            f"skipped {len(ids)} image(s) whose stored feature is damaged (not {self.dim} "
+            "values): " + ", ".join(f"id {r[0]} {r[1]}" for r in named) + more
+            + "; `cbir verify` lists them (`cbir remove` them and index again to repair)"),
+            stacklevel=3)
+
+    def class_probs(self) -> tuple[np.ndarray, list[bytes | None], list[str]]:
+        """Every ok image's stored class probabilities: (ids int64, blobs (None where the
+        image was indexed before they were stored), labels JSON for those)."""
+        rows = self.db.execute(
+            "SELECT id, class_probs, CASE WHEN class_probs IS NULL THEN labels END FROM images"
+            " WHERE status='ok' ORDER BY id").fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        return ids, [r[1] for r in rows], [r[2] for r in rows]
+
+    def class_probs_blobs(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """The stored class-probability blobs of ``ids`` (to copy onto a duplicate's row)."""
+        out: dict[int, bytes] = {}
+        for lo in range(0, len(ids), 900):
+            chunk = [int(i) for i in ids[lo:lo + 900]]
+            q = ",".join("?" * len(chunk))
+            for r in self.db.execute(f"SELECT id, class_probs FROM images WHERE id IN ({q})", chunk):
+                if r[1] is not None:
+                    out[int(r[0])] = r[1]
+        return out
 
     def regions(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Stored region features, float16 arrays by image id (only images indexed with regions)."""
@@ -348,20 +465,77 @@ class Catalog:
         return np.frombuffer(blob, dtype="<f2").astype(np.float32)
 
     # -- binary codes -------------------------------------------------------------------
-    def put_codes(self, hasher: str, ids: Sequence[int], codes: np.ndarray) -> None:
-        """Store packed uint8 codes (n, B) of ``hasher`` for image ids, in one transaction."""
+    def put_codes(self, hasher: str, ids: Sequence[int], codes: np.ndarray,
+                  generation: int | None = None) -> bool:
+        """Store packed uint8 codes (n, B) of ``hasher`` for image ids, in one transaction.
+
+        With ``generation`` (the hasher generation that made the codes) they are stored only
+        while it is still the current one, so a re-training committed meanwhile is never
+        mixed with codes of the hasher it replaced; returns whether they were stored.
+        """
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         with self.transaction() as db:
+            if generation is not None:
+                row = db.execute("SELECT generation FROM hashers WHERE name=?", (hasher,)).fetchone()
+                if (0 if row is None else int(row[0])) != generation:
+                    return False
             db.executemany(
-                "INSERT OR REPLACE INTO codes VALUES (?, ?, ?)",
-                ((hasher, int(i), c.tobytes()) for i, c in zip(ids, codes, strict=True)),
+                "INSERT OR REPLACE INTO codes (hasher, image_id, code, generation) VALUES (?, ?, ?, ?)",
+                ((hasher, int(i), c.tobytes(), int(generation or 0))
+                 for i, c in zip(ids, codes, strict=True)),
             )
+        return True
 
-    def codes(self, hasher: str) -> tuple[np.ndarray, np.ndarray]:
-        """(ids int64 (n,), codes uint8 (n, B)) of ``hasher`` for images still 'ok', by id."""
+    def replace_codes(self, hasher: str, ids: Sequence[int], codes: np.ndarray, *,
+                      generation: int, bits: int, sha256: str) -> None:
+        """Swap in all codes of a (re-)trained hasher and make ``generation`` its current one.
+
+        ONE transaction: readers see the old codes and generation or the new ones, never a
+        mix, whenever the process dies. Ids removed from the catalog meanwhile are skipped.
+        """
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        with self.transaction() as db:
+            db.execute("DELETE FROM codes WHERE hasher=?", (hasher,))
+            db.executemany(
+                "INSERT INTO codes (hasher, image_id, code, generation)"
+                " SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM images WHERE id=?)",
+                ((hasher, int(i), c.tobytes(), int(generation), int(i))
+                 for i, c in zip(ids, codes, strict=True)),
+            )
+            db.execute("INSERT OR REPLACE INTO hashers (name, generation, bits, sha256)"
+                       " VALUES (?, ?, ?, ?)", (hasher, int(generation), int(bits), sha256))
+
+    def hasher_record(self, hasher: str) -> dict | None:
+        """{name, generation, bits, sha256} of ``hasher``'s current generation (None: none)."""
+        row = self.db.execute("SELECT name, generation, bits, sha256 FROM hashers WHERE name=?",
+                              (hasher,)).fetchone()
+        return None if row is None else dict(row)
+
+    def hasher_names(self) -> list[str]:
+        """Hashers with a record or with stored codes."""
+        rows = self.db.execute("SELECT name FROM hashers UNION SELECT DISTINCT hasher FROM codes")
+        return sorted(r[0] for r in rows)
+
+    def codes_summary(self, hasher: str) -> list[tuple[int, int, int]]:
+        """(generation, code length in bytes, count) of ``hasher``'s codes of 'ok' images."""
         rows = self.db.execute(
-            "SELECT c.image_id, c.code FROM codes c JOIN images i ON i.id = c.image_id"
-            " WHERE c.hasher=? AND i.status='ok' ORDER BY c.image_id", (hasher,)).fetchall()
+            "SELECT c.generation, length(c.code), COUNT(*) FROM codes c JOIN images i"
+            " ON i.id = c.image_id WHERE c.hasher=? AND i.status='ok' GROUP BY 1, 2 ORDER BY 1, 2",
+            (hasher,))
+        return [(int(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+    def codes(self, hasher: str, generation: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 (n,), codes uint8 (n, B)) of ``hasher`` for images still 'ok', by id.
+
+        With ``generation``: only the codes that generation of the hasher made.
+        """
+        sql = ("SELECT c.image_id, c.code FROM codes c JOIN images i ON i.id = c.image_id"
+               " WHERE c.hasher=? AND i.status='ok'")
+        args: tuple = (hasher,)
+        if generation is not None:
+            sql += " AND c.generation=?"
+            args += (int(generation),)
+        rows = self.db.execute(sql + " ORDER BY c.image_id", args).fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         if not rows:
             return ids, np.zeros((0, 0), dtype=np.uint8)
@@ -374,8 +548,11 @@ class Catalog:
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def drop_codes(self, hasher: str) -> int:
+        """Delete ``hasher``'s codes and its record, in one transaction; returns how many codes."""
         with self.transaction() as db:
-            return db.execute("DELETE FROM codes WHERE hasher=?", (hasher,)).rowcount
+            n = db.execute("DELETE FROM codes WHERE hasher=?", (hasher,)).rowcount
+            db.execute("DELETE FROM hashers WHERE name=?", (hasher,))
+        return n
 
     def error_summary(self) -> list[tuple[str, int]]:
         rows = self.db.execute(
@@ -391,6 +568,28 @@ class Catalog:
         ).fetchone()
         return int(row[0])
 
+    def damaged_among(self, ids: Sequence[int]) -> list[int]:
+        """Those of ``ids`` whose stored feature is missing or of the wrong size, said once as
+        a DamagedFeatureWarning (an index saved before the damage still holds their vectors)."""
+        ids = [int(i) for i in ids]
+        bad: list[int] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            q = ",".join("?" * len(chunk))
+            bad += [r[0] for r in self.db.execute(
+                f"SELECT id FROM images WHERE id IN ({q}) AND status='ok'"
+                " AND (feature IS NULL OR length(feature) != ?)", (*chunk, 2 * self.dim))]
+        if bad:
+            self._warn_damaged(sorted(bad))
+        return bad
+
+    def damaged_feature_ids(self) -> np.ndarray:
+        """Ids of 'ok' rows whose feature is missing or of the wrong size (searches skip them)."""
+        rows = self.db.execute(
+            "SELECT id FROM images WHERE status='ok' AND (feature IS NULL OR length(feature) != ?)"
+            " ORDER BY id", (2 * self.dim,)).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
     def integrity_problems(self) -> list[str]:
         """SQLite's own integrity check plus row-level checks of the stored features."""
         problems: list[str] = []
@@ -399,10 +598,14 @@ class Catalog:
             problems += [f"sqlite: {r}" for r in res]
         expected = self.dim * 2
         bad = self.db.execute(
-            "SELECT path FROM images WHERE status='ok' AND (feature IS NULL OR length(feature) != ?)",
+            "SELECT id, path, length(feature) FROM images WHERE status='ok'"
+            " AND (feature IS NULL OR length(feature) != ?)",
             (expected,),
         ).fetchall()
-        problems += [f"{r[0]}: missing or wrong-size feature" for r in bad]
+        problems += [f"image id {r[0]} ({r[1]}): "
+                     + ("missing feature" if r[2] is None else
+                        f"wrong-size feature ({r[2]} bytes, expected {expected}: {self.dim} float16 values)")
+                     + "; searches skip it" for r in bad]
         bad = self.db.execute(
             "SELECT path FROM images WHERE status='error' AND (error IS NULL OR feature IS NOT NULL)"
         ).fetchall()

@@ -68,22 +68,44 @@ def read_manifest(directory: Path) -> Manifest:
         ) from None
     except (OSError, ValueError) as e:
         raise CollectionError(f"cannot read {path}: {e}") from None
+    def malformed(what: str) -> CollectionError:
+        return CollectionError(f"{path} is malformed: {what}; restore it from a backup, or "
+                               "index the folders again into a new collection")
+
+    if not isinstance(raw, dict):
+        raise malformed(f"expected a JSON object, found {_json_kind(raw)}")
     version = raw.get("format_version")
-    if not isinstance(version, int):
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CollectionError(f"{path} has no valid format_version")
     if version > FORMAT_VERSION:
         raise CollectionError(
             f"collection {directory} has format version {version}, newer than this cbir "
             f"understands ({FORMAT_VERSION}); upgrade cbir"
         )
-    try:
-        return Manifest(
-            extractor=raw["extractor"],
-            dim=int(raw["dim"]),
-            preprocessing=raw.get("preprocessing", {}),
-            format_version=version,
-            created=raw.get("created", ""),
-            cbir_version=raw.get("cbir_version", ""),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise CollectionError(f"{path} is malformed: {e}") from None
+    missing = [k for k in ("extractor", "dim") if k not in raw]
+    if missing:
+        raise malformed("missing " + " and ".join(repr(k) for k in missing))
+    extractor, dim = raw["extractor"], raw["dim"]
+    if not isinstance(extractor, str) or not extractor.strip():
+        raise malformed(f"'extractor' must be a name, found {_json_kind(extractor)}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise malformed(f"'dim' must be a positive whole number, found {_json_kind(dim)}")
+    preprocessing = raw.get("preprocessing", {})
+    if not isinstance(preprocessing, dict):
+        raise malformed(f"'preprocessing' must be an object, found {_json_kind(preprocessing)}")
+    return Manifest(
+        extractor=extractor,
+        dim=dim,
+        preprocessing=preprocessing,
+        format_version=version,
+        created=str(raw.get("created", "")),
+        cbir_version=str(raw.get("cbir_version", "")),
+    )
+
+
+def _json_kind(value: Any) -> str:
+    """A JSON value described for an error message: its kind, and itself when short."""
+    kind = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+    text = json.dumps(value, ensure_ascii=False)
+    return kind if value is None or len(text) > 40 else f"{kind} ({text})"

@@ -163,12 +163,12 @@ def search_with_model(col: Collection, model: ClassifierModel, query: Query, *, 
         idx = partitioned_index_from_model(col, model, n_partitions)
         if len(idx) == 0:
             return []
-        scores, ids = idx.search(q, want, query_probs=qp)
+        scores, ids = idx.search(q, min(want, len(idx)), query_probs=qp)
     else:
         idx = col.index()
         if len(idx) == 0:
             return []
-        scores, ids = idx.search(q, want)
+        scores, ids = idx.search(q, min(want, len(idx)))  # never more than it holds
     pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True)
              if i >= 0 and int(i) not in query.exclude]
     recs = col.catalog.records([i for _, i in pairs])
