@@ -10,8 +10,11 @@ threshold and how many of them are same-class pairs against the base rate, and t
 mAP of ranking the other sample images by tag similarity and by the backbone's feature
 cosine. When the tags rank the classes worse than the features do, a hasher that learns
 only from the tags cannot be expected to beat one that keeps the features' neighbourhoods
-(ITQ). Images whose tags have no vector rank last for tag similarity. Corel-5K's weak
-supervision is its keywords; CIFAR-10's the backbone's ImageNet top-5 labels.
+(ITQ). The sample is drawn among the images with at least one tag that has a vector.
+Corel-5K's weak supervision is its keywords; CIFAR-10's the backbone's ImageNet top-5 labels.
+The measurement is :func:`cbir.hashing.supervision.measure_supervision`, which also gives the
+label-free numbers ``cbir hash train`` decides on (the share of tag-similar pairs, their
+agreement with the feature neighbours, kappa, and the verdict of ``--method auto``).
 Prints a table, writes JSON.
 """
 
@@ -27,46 +30,25 @@ import numpy as np
 from cbir.concepts.tag_vectors import create_tag_vectors
 from cbir.concepts.tags import clean_tags
 from cbir.eval.hashing_benchmark import prepare
-from cbir.eval.metrics import mean_average_precision, rank_by_score, ranked_relevance
 from cbir.eval.protocols import format_table
-from cbir.hashing.weak import TagSets
-
-THRESHOLDS = (0.4, 0.6, 0.8)
-
-
-def ranking_map(scores: np.ndarray, labels: np.ndarray) -> float:
-    s = np.nan_to_num(scores, nan=-np.inf, copy=True).astype(np.float64)
-    s[~np.isfinite(s)] = -1e9
-    np.fill_diagonal(s, -1e18)  # the query itself ranks last and is cut
-    ranking = rank_by_score(s)[:, :-1]
-    return mean_average_precision(ranked_relevance(labels, labels, ranking), ignore_empty=True)
+from cbir.hashing.supervision import measure_supervision
 
 
 def measure(name: str, sample: int, vectors: str, seed: int) -> dict:
     ds, feats = prepare(name, Path(".data") / name, regions=False, progress=False)
     train = ds.split.train
     tags = [clean_tags(t) for t in ds.tags_of("train")]
-    ts = TagSets.build(tags, create_tag_vectors(vectors, corpus=tags), len(train))
     labels = np.asarray(ds.labels_of("train"))
     if labels.ndim > 1:
         raise SystemExit(f"{name}: single-label datasets only (class relevance)")
-    rng = np.random.default_rng(seed)
-    sub = np.sort(rng.choice(len(train), min(sample, len(train)), replace=False))
-    sim = ts.similarity(sub)
-    same = labels[sub][:, None] == labels[sub][None, :]
-    iu = np.triu_indices(len(sub), 1)
-    s, y = np.nan_to_num(sim[iu], nan=-1.0), same[iu]
-    out = {"dataset": name, "sample": len(sub), "pairs": len(s), "base_rate": float(y.mean()),
-           "thresholds": {}}
-    for th in THRESHOLDS:
-        m = s >= th
-        prec = float(y[m].mean()) if m.any() else float("nan")
-        out["thresholds"][str(th)] = {"share": float(m.mean()), "same_class": prec,
-                                      "lift": prec / float(y.mean())}
-    x = feats.features[train][sub].astype(np.float32)
-    out["map_tag_similarity"] = ranking_map(sim, labels[sub])
-    out["map_feature_cosine"] = ranking_map(x @ x.T, labels[sub])
-    return out
+    machine = np.full(len(train), ds.info.get("tags") == "machine")
+    rep = measure_supervision(feats.features[train], tags, create_tag_vectors(vectors, corpus=tags),
+                              machine=machine, labels=labels, sample=sample, seed=seed)
+    lab = rep.labels
+    return {"dataset": name, "sample": rep.sample, "pairs": rep.sample * (rep.sample - 1) // 2,
+            "base_rate": lab.get("base_rate"), "thresholds": lab.get("thresholds", {}),
+            "map_tag_similarity": lab.get("map_tags"), "map_feature_cosine": lab.get("map_features"),
+            "supervision": rep.as_dict()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,10 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         row: dict[str, object] = {"dataset": r["dataset"], "same-class base rate": r["base_rate"]}
         for th, t in r["thresholds"].items():
-            row[f"sim>={th}: % pairs"] = 100 * t["share"]
-            row[f"sim>={th}: same-class (lift)"] = f"{t['same_class']:.3f} ({t['lift']:.1f}x)"
+            row[f"sim>{th}: % pairs"] = 100 * t["share"]
+            row[f"sim>{th}: same-class (lift)"] = f"{t['same_class']:.3f} ({t['lift']:.1f}x)"
         row["class mAP, by tags"] = r["map_tag_similarity"]
         row["class mAP, by features"] = r["map_feature_cosine"]
+        row["feature agreement (kappa)"] = r["supervision"]["kappa"]
+        row["verdict"] = r["supervision"]["verdict"]
         rows.append(row)
     cols = list(rows[0])
     print(format_table(rows, cols, floatfmt=".3f"))

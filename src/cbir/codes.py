@@ -27,7 +27,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -218,19 +218,27 @@ def machine_tags(labels: list[tuple[str, float]], min_prob: float = 0.05) -> lis
 
 def collection_tags(col: Collection, ids: np.ndarray, source: str = "auto") -> list[list[str]]:
     """Cleaned tags per id: ``user`` tags, ``machine`` tags, or ``auto`` (user, else machine)."""
+    return collection_tag_sources(col, ids, source)[0]
+
+
+def collection_tag_sources(col: Collection, ids: np.ndarray, source: str = "auto"
+                           ) -> tuple[list[list[str]], np.ndarray]:
+    """(:func:`collection_tags`, (n,) bool: True where an image's tags are machine tags)."""
     from cbir.concepts.tags import clean_tags
 
     if source not in {"auto", "user", "machine"}:
         raise InvalidRequest(f"tag source must be auto, user or machine; got {source!r}")
     recs = col.catalog.records(ids)
     out = []
-    for i in ids:
+    machine = np.zeros(len(ids), dtype=bool)
+    for k, i in enumerate(ids):
         rec = recs[int(i)]
         user = clean_tags(rec.tags) if source != "machine" else []
         if not user and source != "user":
             user = clean_tags(machine_tags(rec.labels))
+            machine[k] = True
         out.append(user)
-    return out
+    return out, machine
 
 
 def stored_regions(col: Collection, ids: np.ndarray) -> np.ndarray:
@@ -251,34 +259,98 @@ class TrainedCodes:
     bits: int
     images: int
     seconds: float
+    #: distinct codes and bit balance (:class:`cbir.hashing.supervision.CodeStats`)
+    codes: dict[str, Any] | None = None
+    #: what the tags say against the features (weak methods and auto; else None)
+    supervision: dict[str, Any] | None = None
+    #: with method "auto": {"method": the one trained, "reason": why}
+    choice: dict[str, str] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "method": self.method, "bits": self.bits, "images": self.images,
+                "seconds": round(self.seconds, 2), "codes": self.codes,
+                "supervision": self.supervision, "choice": self.choice, "warnings": self.warnings}
 
 
 def train(col: Collection, method: str, bits: int, *, name: str | None = None,
           tag_source: str = "auto", vectors: str = "glove",
-          progress: Callable[[str], None] | None = None, **params: Any) -> TrainedCodes:
-    """Fit ``method`` on the collection's stored features (and tags), save it, store all codes."""
+          progress: Callable[[str], None] | None = None,
+          warn: Callable[[str], None] | None = None, weak: str = "wdht",
+          **params: Any) -> TrainedCodes:
+    """Fit ``method`` on the collection's stored features (and tags), save it, store all codes.
+
+    ``method="auto"``: measure what the tags say against the features
+    (:func:`cbir.hashing.supervision.measure_supervision`) and train ITQ when they carry
+    less than the features, else the weakly supervised ``weak`` (default wdht); the choice
+    and why are in ``TrainedCodes.choice``, and the default name is the chosen method's. A
+    weak method is measured the same way before it trains, and ``warn`` is called when its
+    tags carry less than the features; after training, ``warn`` is called when the codes
+    collapsed (:func:`cbir.hashing.supervision.code_stats`). Warnings are also returned.
+    """
     from cbir.hashing import HASHERS, check_bits, create_hasher
+    from cbir.hashing.supervision import (
+        choose_method,
+        code_stats,
+        measure_supervision,
+        supervision_warning,
+    )
 
     bits = check_bits(bits)
-    if method not in HASHERS:
-        raise InvalidRequest(f"unknown hashing method {method!r}; choose one of: "
-                             + ", ".join(HASHERS.names()))
-    name = name or f"{method}-{bits}"
-    hasher_path(col, name)  # a bad name fails before any work
+    auto = method == "auto"
+    for m in ([weak] if auto else [method]):
+        if m not in HASHERS:
+            raise InvalidRequest(f"unknown hashing method {m!r}; choose one of: auto, "
+                                 + ", ".join(HASHERS.names()))
+    if auto and weak not in TAG_METHODS:
+        raise InvalidRequest(f"--weak must be a weakly supervised method ({', '.join(sorted(TAG_METHODS))}); "
+                             f"got {weak!r}")
+    if name is not None:
+        hasher_path(col, name)  # a bad name fails before any work
     t0 = time.perf_counter()
     ids, feats = col.catalog.features()
     if len(ids) < 2:
         raise InvalidRequest("the collection needs at least 2 indexed images to learn codes")
+    warnings_: list[str] = []
+
+    def _warn(message: str) -> None:
+        warnings_.append(message)
+        if warn:
+            warn(message)
+
     sup: dict[str, Any] = {}
-    if method in TAG_METHODS:
+    report = None
+    choice = None
+    if auto or method in TAG_METHODS:
         from cbir.concepts.tag_vectors import create_tag_vectors
 
-        tags = collection_tags(col, ids, tag_source)
-        if not any(tags):
+        tags, machine = collection_tag_sources(col, ids, tag_source)
+        if not any(tags) and not auto:
             raise InvalidRequest("no image has tags to learn from; add sidecar tags or use "
                                  "--tags machine (ImageNet labels) or an unsupervised method")
-        sup["tags"] = tags
-        sup["tag_vectors"] = create_tag_vectors(vectors, corpus=tags)
+        tag_vectors = create_tag_vectors(vectors, corpus=tags) if any(tags) else None
+        if tag_vectors is not None:
+            if progress:
+                progress(f"measuring what the tags say against the features ({len(ids)} images)")
+            report = measure_supervision(feats, tags, tag_vectors, machine=machine,
+                                         seed=params.get("seed", 0))
+        if auto:
+            if report is None:
+                method, why = "itq", "itq, because no image has tags: there is nothing to learn from"
+            else:
+                method, why = choose_method(report, weak)
+            choice = {"method": method, "reason": why}
+            if progress:
+                progress(f"auto: {why}")
+        elif report is not None:
+            message = supervision_warning(report, method)
+            if message:
+                _warn(message)
+        if method in TAG_METHODS:
+            sup["tags"] = tags
+            sup["tag_vectors"] = tag_vectors
+    name = name or f"{method}-{bits}"
+    hasher_path(col, name)
     if method in REGION_METHODS:
         sup["regions"] = stored_regions(col, ids)
     if progress:
@@ -300,7 +372,13 @@ def train(col: Collection, method: str, bits: int, *, name: str | None = None,
             raise
         for stale in _stale_files(col, name, keep=path):  # the old generation, killed runs' files
             stale.unlink(missing_ok=True)
-    return TrainedCodes(name, method, bits, len(ids), time.perf_counter() - t0)
+    stats = code_stats(codes, hasher.bits)
+    if stats.warning:
+        _warn(f"{name}: {stats.warning}")
+    return TrainedCodes(name, method, bits, len(ids), time.perf_counter() - t0,
+                        codes=stats.as_dict(),
+                        supervision=None if report is None else report.as_dict(),
+                        choice=choice, warnings=warnings_)
 
 
 def _encode(hasher: Any, method: str, feats: np.ndarray, regions: np.ndarray | None) -> np.ndarray:

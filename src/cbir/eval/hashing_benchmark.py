@@ -5,9 +5,11 @@ features, the weak supervision of the dataset, region features for IDEA), encode
 queries and the database, and rank by Hamming distance. The float features ranked by
 cosine give the no-hashing ceiling. What a method learns from is kept apart from what it
 is judged on: on Corel-5K the keywords are the weak supervision and the category the
-relevance; on CIFAR-10 and Wang (no tags) the backbone's own ImageNet top-5 labels are the
-weak supervision ("machine tags") and the class the relevance. Only the supervised
-fine-tuned variants (ws-dsh, ws-hashnet) see class labels, and only on the training split.
+relevance; on CIFAR-10, Wang and any folder-per-class dataset (``"folder"``, held out like
+Wang; no tags) the backbone's own ImageNet top-5 labels are the weak supervision ("machine
+tags") and the class the relevance. Only the supervised fine-tuned variants (ws-dsh,
+ws-hashnet) see class labels, and only on the training split. ``"auto"`` decides as
+``cbir hash train --method auto`` does, without labels (see :func:`run`).
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def prepare(name: str, root: Path, *, regions: bool, log: Log = _quiet,
 
     root = Path(root)
     if not root.is_dir():
+        if name == "folder":
+            raise InvalidRequest(f"dataset folder {root} not found (expected {root}/<class>/<image>)")
         raise InvalidRequest(
             f"dataset folder {root} not found; extract it first, e.g. "
             f"`mkdir -p {root} && tar xf ../shared/datasets/{name}.tar -C {root}`")
@@ -157,25 +161,59 @@ def run(name: str, root: Path, *, methods: Sequence[str] = DEFAULT_METHODS,
         bits: Sequence[int] = DEFAULT_BITS, vectors: str = "glove", seed: int = 0,
         relevance: Sequence[str] = ("labels",), params: dict[str, Any] | None = None,
         plot: Path | None = None, log: Log = _quiet, progress: bool = True,
-        collection_dir: Path | None = None, extractor: str = EXTRACTOR) -> dict[str, Any]:
-    """Fit, encode and evaluate every (method, bits); returns tables and raw metrics."""
+        collection_dir: Path | None = None, extractor: str = EXTRACTOR,
+        auto_weak: str = "wdht") -> dict[str, Any]:
+    """Fit, encode and evaluate every (method, bits); returns tables and raw metrics.
+
+    Method ``"auto"`` is what ``cbir hash train --method auto`` does: measure the training
+    split's weak supervision against its features without the labels
+    (:func:`cbir.hashing.supervision.measure_supervision`) and fit ITQ or ``auto_weak``;
+    ``result["auto"]`` says which and why. Whenever a weak method or auto runs,
+    ``result["supervision"]`` holds the measurement (with the label-based numbers), and
+    ``result["codes"][method][bits]`` the distinct codes and bit balance of every method's
+    database codes.
+    """
     from cbir.concepts.tag_vectors import create_tag_vectors
     from cbir.concepts.tags import clean_tags
     from cbir.eval.hashing import evaluate_codes, evaluate_float, format_results_table
     from cbir.hashing import HASHERS
+    from cbir.hashing.supervision import choose_method, code_stats, measure_supervision
 
-    unknown = [m for m in methods if m not in HASHERS]
+    unknown = [m for m in methods if m not in HASHERS and m != "auto"]
+    if auto_weak not in TAG_METHODS:
+        unknown.append(auto_weak)
     if unknown:
-        raise InvalidRequest(f"unknown hashing method(s) {', '.join(unknown)}; choose from: "
+        raise InvalidRequest(f"unknown hashing method(s) {', '.join(unknown)}; choose from: auto, "
                              + ", ".join(HASHERS.names()))
     params = params or {}
-    ds, feats = prepare(name, root, regions=any(m in REGION_METHODS for m in methods), log=log,
+    needs_regions = any(m in REGION_METHODS for m in methods) or (
+        "auto" in methods and auto_weak in REGION_METHODS)
+    ds, feats = prepare(name, root, regions=needs_regions, log=log,
                         collection_dir=collection_dir, progress=progress, extractor=extractor)
     q, db = ds.split.query, ds.split.database
     vec = None
-    if any(m in TAG_METHODS for m in methods):
-        corpus = [clean_tags(t) for t in ds.tags_of("train")]
+    supervision = None
+    auto = None
+    corpus = [clean_tags(t) for t in ds.tags_of("train")]
+    if any(m in TAG_METHODS for m in methods) or ("auto" in methods and any(corpus)):
         vec = create_tag_vectors(vectors, corpus=corpus)
+    if vec is not None and any(corpus):
+        labels = np.asarray(ds.labels_of("train"))
+        report = measure_supervision(
+            feats.features[ds.split.train], corpus, vec, seed=seed,
+            machine=np.full(len(corpus), ds.info.get("tags") == "machine"),
+            labels=labels if labels.ndim == 1 else None)
+        supervision = report.as_dict()
+        log(f"weak supervision: {report.summary()}")
+        if report.tags_carry_less:
+            log(f"weak supervision: the tags carry less than the features: {report.reason}")
+        if "auto" in methods:
+            chosen, why = choose_method(report, auto_weak)
+            auto = {"method": chosen, "reason": why}
+    elif "auto" in methods:
+        auto = {"method": "itq", "reason": "itq, because no training image has tags"}
+    if auto is not None:
+        log(f"auto: {auto['reason']}")
     relevances = {}
     for kind in relevance:
         d = ds if kind == "labels" else ds.relabel(kind)
@@ -186,11 +224,13 @@ def run(name: str, root: Path, *, methods: Sequence[str] = DEFAULT_METHODS,
         results[kind]["float (no hashing)"] = {
             "float": evaluate_float(feats.features[q], feats.features[db], ql, dl)}
     tuned: dict[str, Any] = {}
+    code_info: dict[str, dict[int, dict[str, Any]]] = {}
     reduced = ReducedRegions(feats)
     for method in methods:
+        fit_method = auto["method"] if method == "auto" and auto is not None else method
         timings[method] = {}
         order = list(bits)
-        if method in REGION_METHODS and "lambdas" not in params.get(method, {}):
+        if fit_method in REGION_METHODS and "lambdas" not in params.get(fit_method, {}):
             # IDEA chooses its loss weights on a validation split (by tag overlap, never by
             # class); do that once, at the middle code length, and keep them for the others
             tune_at = 32 if 32 in order else order[len(order) // 2]
@@ -198,18 +238,23 @@ def run(name: str, root: Path, *, methods: Sequence[str] = DEFAULT_METHODS,
             order.insert(0, tune_at)
         for b in order:
             t0 = time.perf_counter()
-            hasher = _fit(method, b, ds, feats, vectors=vec, seed=seed, params=params)
+            hasher = _fit(fit_method, b, ds, feats, vectors=vec, seed=seed, params=params)
             fit_s = time.perf_counter() - t0
-            if method in REGION_METHODS and "lambdas" not in params.get(method, {}):
+            if fit_method in REGION_METHODS and "lambdas" not in params.get(fit_method, {}):
                 lam = getattr(hasher, "info_", {}).get("lambdas")
                 if lam is not None:
-                    params = {**params, method: {**params.get(method, {}), "lambdas": lam}}
-                    tuned[method] = {"bits": b, "lambdas": lam,
-                                     "grid": getattr(hasher, "info_", {}).get("grid")}
+                    params = {**params, fit_method: {**params.get(fit_method, {}), "lambdas": lam}}
+                    tuned[fit_method] = {"bits": b, "lambdas": lam,
+                                         "grid": getattr(hasher, "info_", {}).get("grid")}
             t0 = time.perf_counter()
-            qc, dc = _encode(hasher, method, feats, q, reduced), _encode(hasher, method, feats, db, reduced)
+            qc = _encode(hasher, fit_method, feats, q, reduced)
+            dc = _encode(hasher, fit_method, feats, db, reduced)
             encode_s = time.perf_counter() - t0
             timings[method][b] = round(fit_s, 2)
+            stats = code_stats(dc, b)
+            code_info.setdefault(method, {})[b] = stats.as_dict()
+            if stats.warning:
+                log(f"{method:>11} {b:>3} bits: {stats.warning}")
             for kind, (ql, dl) in relevances.items():
                 results[kind].setdefault(method, {})[b] = evaluate_codes(qc, dc, ql, dl, bits=b)
             main = results[next(iter(relevances))][method][b]
@@ -229,6 +274,7 @@ def run(name: str, root: Path, *, methods: Sequence[str] = DEFAULT_METHODS,
     return {"dataset": name, "protocol": ds.split.description, "sizes": ds.split.sizes(),
             "methods": list(methods), "bits": list(bits), "vectors": vectors, "seed": seed,
             "fit_seconds": timings, "tuned": tuned, "tables": tables,
+            "supervision": _jsonable(supervision), "auto": auto, "codes": _jsonable(code_info),
             "results": _jsonable(results)}
 
 

@@ -33,7 +33,8 @@ Protocols (``seed`` makes every random choice reproducible: ``numpy.random.defau
   protocol is leave-one-out over all 1,000 images
   (:func:`cbir.eval.protocols.leave_one_out_retrieval`). For methods that must be trained
   (hashing) this loader also gives a held-out split: 10 queries per class (100), seeded
-  like CIFAR-10; database = train = the other 900.
+  like CIFAR-10; database = train = the other 900. :func:`load_folder` does the same for
+  any folder-per-class dataset (``<root>/<class>/<image>``).
 * **MIRFLICKR-25K** (:func:`load_mirflickr25k`), published layout (``mirflickr25k.zip`` +
   ``mirflickr25k_annotations_v080.zip``)::
 
@@ -91,6 +92,7 @@ __all__ = [
     "load_benchmark",
     "load_cifar10",
     "load_corel5k",
+    "load_folder",
     "load_mirflickr25k",
     "load_nuswide",
     "load_wang",
@@ -526,6 +528,32 @@ def load_wang(root: Path, *, queries_per_class: int = 10, seed: int = 0) -> Benc
     )
 
 
+def load_folder(root: Path, *, queries_per_class: int | None = None, seed: int = 0) -> BenchmarkDataset:
+    """Any folder-per-class dataset (``root/<class>/<image>``), held out like Wang.
+
+    labels: (n,) int64 class index (class folder names, sorted); at least 2 classes.
+    Split: ``queries_per_class`` random queries per class (default: 10, or a fifth of the
+    smallest class when that is fewer, at least 1), database = train = the rest. Tags are
+    empty: add machine tags with :func:`with_machine_tags`. Wang's own layout
+    (``dataset/<class>``) works too.
+    """
+    root = Path(root)
+    base = root / "dataset" if (root / "dataset").is_dir() and not any(
+        p.is_file() for p in (root / "dataset").iterdir()) else root
+    paths, labels, names = _class_tree(base)
+    smallest = int(np.bincount(labels).min())
+    if queries_per_class is None:
+        queries_per_class = max(1, min(10, smallest // 5))
+    if smallest < queries_per_class + 1:
+        raise InvalidRequest(f"{base}: every class needs more than {queries_per_class} image(s) "
+                             f"(queries + the database); the smallest has {smallest}")
+    ds = load_wang(base, queries_per_class=queries_per_class, seed=seed)
+    what = ds.split.description.replace("Wang held-out split", f"{base}: held-out split")
+    split = dataclasses.replace(ds.split, description=what)
+    return dataclasses.replace(ds, name="folder", split=split,
+                               info={**ds.info, "classes": len(names), "folder": str(base)})
+
+
 # --------------------------------------------------------------------------- MIRFLICKR-25K
 
 _MIR_IMAGE_RE = re.compile(r"^im(\d+)\.jpg$", re.IGNORECASE)
@@ -848,6 +876,7 @@ BENCHMARK_LOADERS = {
     "corel5k": load_corel5k,
     "cifar10": load_cifar10,
     "wang": load_wang,
+    "folder": load_folder,
     "mirflickr25k": load_mirflickr25k,
     "nuswide": load_nuswide,
 }
