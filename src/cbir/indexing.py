@@ -230,6 +230,7 @@ def index_paths(
                     else:
                         rec.feature, rec.labels, rec.top_class = twin.feature, twin.labels, \
                             twin.top_class
+                        rec.class_probs = catalog.class_probs_blobs([twin.id]).get(twin.id)
                         rec.width, rec.height = twin.width, twin.height
                         if regions:
                             rec.regions = catalog.regions([twin.id]).get(twin.id)
@@ -242,6 +243,7 @@ def index_paths(
                     if res.probs is not None:
                         rec.labels = top_labels(res.probs[None, :], extractor.class_names, 5)[0]
                         rec.top_class = int(np.argmax(res.probs))
+                        rec.class_probs = res.probs
                     rec.regions = res.regions if regions else None
                 if rec.status == "ok":
                     rec.tags = res.extra if isinstance(res.extra, list) else []

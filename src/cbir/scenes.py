@@ -166,7 +166,8 @@ def _records_and_features(col: Collection) -> tuple[list[Any], np.ndarray]:
     ids = np.array([r.id for r in recs], dtype=np.int64)
     got, feats = col.catalog.features(ids)
     pos = {int(i): n for n, i in enumerate(got)}
-    return recs, np.asarray(feats[[pos[int(i)] for i in ids]], dtype=np.float32)
+    recs = [r for r in recs if int(r.id) in pos]  # rows with a damaged feature are skipped
+    return recs, np.asarray(feats[[pos[int(r.id)] for r in recs]], dtype=np.float32)
 
 
 def train_concepts(col: Collection, *, name: str = DEFAULT_MODEL, vocab: str = "keywords",
@@ -250,14 +251,29 @@ def scene_search(col: Collection, query: str | Sequence[str], *, k: int = 20, mo
                  vectors: Any | None = None, min_score: float = 0.0, model: Any | None = None) -> SceneResult:
     """Images that show every concept of ``query``, best first (SSIR, eqs. 7-13).
 
-    model: an already loaded concept model (else ``model_name`` is loaded).
+    model: an already loaded concept model (else ``model_name`` is loaded). With no trained
+    model, or ``model_name="builtin"``, or words a trained model does not know (and no model
+    named), the built-in concepts answer (cbir.words: no training needed).
     """
     from cbir.concepts.relevance import COMPONENTS
+    from cbir.words import BUILTIN_MODEL, word_search
 
     if k < 1:
         raise InvalidRequest(f"k must be >= 1, got {k}")
+    if model is None and (model_name == BUILTIN_MODEL or (
+            model_name is None and not list_concept_models(col))):
+        return word_search(col, query, k=k, min_score=min_score)
     model = model if model is not None else load_concept_model(col, model_name)
-    parsed = parse_query(model, query, vectors)
+    try:
+        parsed = parse_query(model, query, vectors)
+    except InvalidRequest as e:
+        if model_name is not None:
+            raise
+        try:  # the built-in concepts answer only if they can read every word
+            return word_search(col, query, k=k, min_score=min_score, notes=[
+                f"model {model.name!r} does not know the query ({e}); searched with the built-in concepts"])
+        except InvalidRequest:
+            raise e from None
     text_vec = model_vectors(col, model)
     recs, feats = _records_and_features(col)
     q = model.query(parsed.concepts)

@@ -91,14 +91,18 @@ def scene_search_route(
                             description='concepts, e.g. "sky water boats" or "polar bear, snow"')],
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
     model: Annotated[str | None, Query(max_length=64, pattern=MODEL_NAME,
-                                       description="concept model (default: the only one)")] = None,
+                                       description="concept model (default: the only trained one, else "
+                                                   "'builtin', the concepts every collection has)")] = None,
 ) -> SceneResponse:
     """Images that show ALL the concepts of the query, best first, with per-concept evidence."""
     from cbir.scenes import scene_search
 
     t0 = time.perf_counter()
     reader = _reader(state)
-    res = scene_search(reader, q, k=k, model=_load(reader, model))
+    if model is None or model == "builtin":  # no training needed: the built-in concepts answer
+        res = scene_search(reader, q, k=k, model_name=model)
+    else:
+        res = scene_search(reader, q, k=k, model=_load(reader, model))
     hits = [SceneHitOut(rank=h.rank, id=h.id, path=h.path, name=os.path.basename(h.path), score=h.score,
                         evidence={c: ConceptEvidence(**e) for c, e in h.evidence.items()},
                         components=h.components, tags=h.tags, image_url=f"/api/images/{h.id}",
