@@ -54,8 +54,20 @@ def class_prob_matrix(catalog: Any) -> tuple[np.ndarray, Any]:
         if hit is not None and hit[0] == gen:
             return hit[1]
     ids, blobs, labels = catalog.class_probs()
-    from cbir.store.catalog import unpack_class_probs
+    from cbir.store.catalog import CLASS_PROBS_K, unpack_class_probs
 
+    width = 4 * CLASS_PROBS_K
+    if blobs and all(b is not None and len(b) == width for b in blobs):  # the usual case, vectorised
+        raw = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), width)
+        idx = raw[:, : 2 * CLASS_PROBS_K].copy().view("<u2").astype(np.int32)
+        p = raw[:, 2 * CLASS_PROBS_K:].copy().view("<f2").astype(np.float32)
+        keep = idx < N_CLASSES
+        matrix = sp.csr_matrix((p[keep], idx[keep], np.concatenate([[0], np.cumsum(keep.sum(1))])),
+                               shape=(len(ids), N_CLASSES), dtype=np.float32)
+        matrix.sum_duplicates()
+        with _CACHE_LOCK:
+            _CACHE[key] = (gen, (ids, matrix))
+        return ids, matrix
     names = None
     indptr = [0]
     cols: list[np.ndarray] = []

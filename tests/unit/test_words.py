@@ -104,3 +104,17 @@ def test_a_collection_without_class_probabilities_says_what_to_do(tmp_path: Path
             index_paths(c, [tmp_path / "p"], progress=False)
         with pytest.raises(InvalidRequest, match="no ImageNet class probabilities"):
             word_search(c, "dog")
+
+
+def test_vectorised_matrix_equals_row_by_row_unpacking(col: Collection) -> None:
+    # give the fourth image probabilities too: every row then takes the vectorised path
+    p4 = pack_class_probs(_probs(c339=0.6, c978=0.3))
+    col.catalog.db.execute("UPDATE images SET class_probs=? WHERE class_probs IS NULL", (p4,))
+    col.catalog._bump()
+    ids, m = class_prob_matrix(col.catalog)
+    _, blobs, _ = col.catalog.class_probs()
+    for row, blob in enumerate(blobs):
+        idx, q = unpack_class_probs(blob)
+        dense = np.zeros(1000, np.float32)
+        dense[idx] = q
+        np.testing.assert_array_equal(m[row].toarray()[0], dense)
