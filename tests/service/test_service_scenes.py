@@ -68,3 +68,23 @@ def test_model_list_and_prediction_for_an_upload(scene_client):
     assert {c["concept"] for c in r.json()["concepts"]} == {"red", "blue"}
     r = client.post("/api/concepts/predict", files={"file": ("q.png", b"not an image", "image/png")})
     assert r.status_code in (400, 422) and r.json()["detail"]
+
+
+def test_scene_query_on_a_fresh_collection_uses_the_builtin_concepts(client, coll):
+    """No concept model trained: /api/scenes (the page's concept box) answers by built-in concepts."""
+    import numpy as np
+
+    from cbir.store.catalog import pack_class_probs
+
+    with Collection.open(coll) as col:
+        first = next(col.catalog.iter_records("ok"))
+        for rec in col.catalog.iter_records("ok"):
+            p = np.full(1000, 1e-5, dtype=np.float32)
+            p[207 if rec.id == first.id else 281] = 0.9  # one golden retriever, the rest tabby cats
+            col.catalog.db.execute("UPDATE images SET class_probs=? WHERE id=?", (pack_class_probs(p), rec.id))
+        col.catalog._bump()
+    r = client.get("/api/scenes", params={"q": "dogs", "k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "builtin" and body["query"] == ["dog"] and body["notes"]
+    assert body["hits"][0]["id"] == first.id and body["hits"][0]["evidence"]["dog"]["visual"] > 0.89
