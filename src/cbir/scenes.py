@@ -215,6 +215,9 @@ class SceneHit:
         return {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score,
                 "evidence": self.evidence, "components": self.components, "tags": self.tags}
 
+    def to_dict(self) -> dict[str, Any]:
+        return self.as_dict()
+
 
 @dataclass
 class SceneResult:
@@ -227,6 +230,10 @@ class SceneResult:
     def as_dict(self) -> dict[str, Any]:
         return {"query": self.query, "notes": self.notes, "terms": self.terms, "model": self.model,
                 "hits": [h.as_dict() for h in self.hits]}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as plain JSON-ready data (the same as ``cbir scene --json`` prints)."""
+        return self.as_dict()
 
 
 def parse_query(model: Any, query: str | Sequence[str], vectors: Any | None = None) -> Any:
@@ -245,6 +252,17 @@ def synonym_vectors() -> Any | None:
         except Exception:  # noqa: BLE001 — synonyms are a convenience; exact names still work
             continue
     return None
+
+
+#: a trained concept with fewer training images than this defers to a built-in one (issue 11)
+MIN_TRAINING_IMAGES = 10
+
+
+def weak_concepts(model: Any, concepts: Sequence[int] | None = None) -> list[str]:
+    """Names of the model's concepts (or of ``concepts``) learnt from too few images."""
+    counts = model.vocabulary.concept_counts
+    ids = range(len(model.concepts)) if concepts is None else concepts
+    return [model.concepts[c] for c in ids if int(counts[c]) < MIN_TRAINING_IMAGES]
 
 
 def scene_search(col: Collection, query: str | Sequence[str], *, k: int = 20, model_name: str | None = None,
@@ -274,6 +292,14 @@ def scene_search(col: Collection, query: str | Sequence[str], *, k: int = 20, mo
                 f"model {model.name!r} does not know the query ({e}); searched with the built-in concepts"])
         except InvalidRequest:
             raise e from None
+    few = weak_concepts(model, model.query(parsed.concepts))
+    if few and model_name is None:  # a concept learnt from a handful of images: lean on the built-in ones
+        try:
+            return word_search(col, query, k=k, min_score=min_score, notes=[
+                f"model {model.name!r} learnt {', '.join(few)} from fewer than {MIN_TRAINING_IMAGES} "
+                "images; searched with the built-in concepts (--model NAME to use it anyway)"])
+        except InvalidRequest:
+            pass  # the built-in concepts cannot read the query: the trained model answers
     text_vec = model_vectors(col, model)
     recs, feats = _records_and_features(col)
     q = model.query(parsed.concepts)

@@ -1,0 +1,50 @@
+"""A trained concept learnt from a handful of images defers to the built-in concept (issue 11).
+
+Four photos tagged "dog" among colour-tagged ones: the trained "dog" rests on 4 images,
+so `cbir scene dog` answers by the built-in concepts (the stored ImageNet probabilities)
+and says so; `concepts show` flags the concept.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cbir.cli import main
+from cbir.collection import Collection
+from cbir.indexing import index_paths
+from cbir.store.catalog import pack_class_probs
+from scene_photos import make_tagged_photos
+
+pytest.importorskip("torch")
+
+
+def test_a_concept_with_few_training_images_leans_on_the_builtin_one(tmp_path, capsys) -> None:
+    photos = tmp_path / "photos"
+    make_tagged_photos(photos, n_tagged=40, n_untagged=4)
+    for i in range(4):  # "dog" on four tagged photos only
+        side = photos / f"img{i:03d}.txt"
+        side.write_text(side.read_text() + ", dog")
+    coll = tmp_path / "coll"
+    with Collection.create_or_open(coll, "colorhist") as col, col.writer_lock():
+        index_paths(col, [photos], progress=False)
+        # the ImageNet backbone would have stored these: one untagged photo shows a dog
+        for rec in col.catalog.iter_records("ok"):
+            p = np.full(1000, 1e-5, dtype=np.float32)
+            p[207 if rec.path.endswith("untagged0.png") else 281] = 0.9
+            col.catalog.db.execute("UPDATE images SET class_probs=? WHERE id=?", (pack_class_probs(p), rec.id))
+        col.catalog._bump()
+    assert main(["-c", str(coll), "concepts", "train", "--vectors", "none", "--min-support", "3"]) == 0
+    capsys.readouterr()
+    assert main(["-c", str(coll), "concepts", "show", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["concepts"]["dog"] <= 4 and "dog" in info["few_images"]  # its training split
+    assert main(["-c", str(coll), "scene", "dog", "-k", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["model"] == "builtin" and any("fewer than 10" in n for n in res["notes"])
+    assert res["hits"][0]["path"].endswith("untagged0.png")  # found by what it shows, not by tags
+    # naming the model still uses it
+    assert main(["-c", str(coll), "scene", "dog", "-k", "3", "--model", "scenes", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "scenes"
