@@ -9,12 +9,13 @@ to Host names it knows (``--allowed-host``). Folders may only be indexed from th
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import json
 import os
 import sys
 from pathlib import Path
 
 from cbir.errors import BackendUnavailable, InvalidRequest
+from cbir.service.config import is_loopback  # stdlib only: no FastAPI at import time
 
 MiB = 1024 * 1024
 
@@ -23,15 +24,6 @@ def _collection_path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a collection folder, got an empty path")
     return Path(text)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def add_arguments(s: argparse.ArgumentParser) -> None:
@@ -68,7 +60,8 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--job-cpus", type=int, default=None, metavar="N",
                    help="CPUs the indexing/training process may use, 0 = all (default: all but one, "
                    "so searches keep a core; $CBIR_JOB_CPUS)")
-    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default info)")
     s.add_argument("--no-access-log", action="store_true", help="do not log every request")
 
 
@@ -160,6 +153,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             token = write_token_file(args.create_token)
         except FileExistsError:
             raise InvalidRequest(f"{args.create_token} exists; choose a new file") from None
+        if getattr(args, "json", False):
+            json.dump({"token": token, "token_file": str(args.create_token)}, sys.stdout)
+            sys.stdout.write("\n")
+            return 0
         print(token)
         print(f"saved its hash to {args.create_token}; start with: cbir serve --token-file "
               f"{args.create_token}  (send the token as 'Authorization: Bearer TOKEN')", file=sys.stderr)
