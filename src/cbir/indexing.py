@@ -68,6 +68,10 @@ class IndexReport:
             "index_type": self.index_type,
         }
 
+    def to_dict(self) -> dict:
+        """The report as plain JSON-ready data (the same as ``cbir index --json`` prints)."""
+        return self.as_dict()
+
 
 ROOTS_META = "indexed_roots"
 
@@ -99,6 +103,24 @@ def _is_utf8(path: str) -> bool:
         return True
     except UnicodeEncodeError:
         return False
+
+
+def remove_paths(collection: Collection, paths: Iterable[Path | str]) -> tuple[int, list[str]]:
+    """Drop files, or everything indexed under folders, from the catalog and the index.
+
+    Returns (images removed, the given paths that matched nothing in the collection).
+    The caller must hold the collection's writer lock.
+    """
+    found: list[str] = []
+    missing: list[str] = []
+    for p in paths:
+        states = collection.catalog.file_states(under=_abspath(p))
+        if not states:
+            missing.append(os.fspath(p))
+        found += list(states)
+    n = collection.catalog.remove_paths(found)
+    collection.index()
+    return n, missing
 
 
 def plan(collection: Collection, roots: Iterable[Path], *, retry_errors: bool = False,

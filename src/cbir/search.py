@@ -14,13 +14,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from cbir.collection import Collection
 from cbir.errors import InvalidRequest
 from cbir.extract.base import l2_normalize
 from cbir.extract.pipeline import embed_images
 from cbir.index.base import check_k
-from cbir.io.images import load_image
+from cbir.io.images import from_pil, load_image
 
 
 @dataclass
@@ -42,6 +43,10 @@ class Hit:
         if self.hamming is None:
             d.pop("hamming")
         return d
+
+    def to_dict(self) -> dict:
+        """The hit as plain JSON-ready data (the same as ``cbir search --json`` prints)."""
+        return self.as_dict()
 
 
 def distance_from_cosine(cos: float) -> float:
@@ -73,13 +78,18 @@ class Query:
         return pr.mean(axis=0)
 
 
-def query_from_images(collection: Collection, paths: Sequence[Path], *,
+def query_from_images(collection: Collection, paths: Sequence[Path | str | bytes | Image.Image], *,
                       regions: bool = False) -> Query:
-    """Embed image files with the collection's extractor and average them."""
+    """Embed query images with the collection's extractor and average them.
+
+    Each one is an image file's path, the file's bytes, or a PIL image (made upright RGB
+    as indexing makes files, see :func:`cbir.io.images.from_pil`).
+    """
     if not paths:
         raise InvalidRequest("give at least one query image")
     ext = collection.extractor
-    images = [load_image(p, target_size=ext.input_size) for p in paths]
+    images = [from_pil(p) if isinstance(p, Image.Image) else load_image(p, target_size=ext.input_size)
+              for p in paths]
     emb = embed_images(images, ext, regions=regions)
     return Query(
         vector=l2_normalize(emb.features.mean(axis=0, keepdims=True))[0],

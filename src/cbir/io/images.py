@@ -121,6 +121,27 @@ def image_size(
         return w, h
 
 
+def from_pil(image: Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+             name: str = "<image>") -> Image.Image:
+    """An in-memory PIL image as :func:`load_image` returns a file: upright RGB (EXIF
+    orientation applied), transparency composited onto white. The caller's image is not
+    changed. Raises InvalidImage like load_image (too many pixels, pixels that fail to load).
+    """
+    if not isinstance(image, Image.Image):
+        raise InvalidImage(name, f"not a PIL image ({type(image).__name__})")
+    w, h = image.size
+    _check_pixels(name, w, h, max_pixels)
+    _decode(image, name)  # a lazily opened image loads here; loading twice is a no-op
+    orientation = _orientation(image)
+    try:
+        rgb = _to_rgb(image)
+    except (ValueError, OSError) as e:
+        raise InvalidImage(name, f"cannot convert colour mode {image.mode} to RGB ({e})") from e
+    if orientation in _TRANSPOSE:
+        rgb = rgb.transpose(_TRANSPOSE[orientation])
+    return rgb
+
+
 def _label(source: str | Path | bytes, name: str | None) -> str:
     if name:
         return name
