@@ -1,7 +1,14 @@
+# PYTHON_ARGCOMPLETE_OK
 """The ``cbir`` command line: thin commands that wire the parts together.
 
-Results go to stdout (tables, or JSON with ``--json``); progress and errors to stderr.
-Exit status: 0 success, 1 done but some files were skipped, 2 error (one line on stderr).
+Results go to stdout (tables, paths with ``-f``, or JSON with ``--json``); progress and errors
+to stderr. Exit status: 0 success, 1 done but some files were skipped, 2 error (one line on
+stderr; with ``--json`` one JSON object ``{"error": ..., "type": ...}``).
+
+The global options (``-c``, ``--json``, ``-q``, ``--progress``, ``--debug``) are accepted before
+or after the sub-command: ``cbir -c DIR --json search q.jpg`` = ``cbir search q.jpg -c DIR --json``.
+Progress bars show on a terminal only (or with ``--progress``); ``-q`` hides them.
+Shell completion: ``eval "$(register-python-argcomplete cbir)"`` (with argcomplete installed).
 """
 
 from __future__ import annotations
@@ -29,11 +36,42 @@ EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
 COMMAND_MODULES: list[str] = ["train", "serve", "concepts"]
 
 
+#: the attribute a sub-command parser leaves on the namespace when it met arguments it does not know
+_UNKNOWN_IN = "_cbir_unknown_in"
+#: set by main() when --json is on the command line: usage errors are JSON on stderr too
+_json_errors = False
+
+
+def _error_json(message: str, kind: str) -> str:
+    return json.dumps({"error": message, "type": kind}, ensure_ascii=False)
+
+
+def _usage_error(prog: str, message: str) -> str:
+    if _json_errors:
+        return _error_json(f"{prog}: {message} (see `{prog} --help`)", "UsageError") + "\n"
+    return f"{prog}: error: {message} (see `{prog} --help`)\n"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (and exits 2) without the usage dump."""
+    """argparse that reports a bad argument in one line (and exits 2) without the usage dump,
+    and points an unknown argument to the help of the sub-command it was given to."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(EXIT_ERROR, _usage_error(self.prog, message))
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras and not hasattr(ns, _UNKNOWN_IN):  # the innermost sub-command's parser runs first
+            setattr(ns, _UNKNOWN_IN, self.prog)
+        return ns, extras
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns, extras = self.parse_known_args(args, namespace)
+        where = vars(ns).pop(_UNKNOWN_IN, self.prog)
+        if extras:
+            plural = "s" if len(extras) > 1 else ""
+            self.exit(EXIT_ERROR, _usage_error(where, f"unrecognized argument{plural}: {' '.join(extras)}"))
+        return ns
 
 
 def _positive_int(text: str) -> int:
@@ -77,6 +115,39 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _print_paths(paths: list[str]) -> int:
+    """``-f/--filenames``: one path per line, nothing else (for ``xargs``, ``feh`` ...)."""
+    for p in paths:
+        sys.stdout.write(p + "\n")
+    return EXIT_OK
+
+
+def _output(args: argparse.Namespace) -> str:
+    """"json", "filenames" or "table" for a command that prints hits."""
+    if getattr(args, "filenames", False):
+        if args.json:
+            raise InvalidRequest("--filenames prints paths only and --json prints JSON: give one of them")
+        return "filenames"
+    return "json" if args.json else "table"
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars: on a terminal or with --progress, never with -q."""
+    if getattr(args, "quiet", False):
+        return False
+    if getattr(args, "progress", False):
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _log(args: argparse.Namespace) -> Any:
+    """Messages about the work going on (on stderr), unless -q."""
+    return (lambda m: None) if getattr(args, "quiet", False) else (lambda m: print(m, file=sys.stderr))
+
+
 def _open(args: argparse.Namespace):
     from cbir.collection import Collection
 
@@ -97,7 +168,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         report = index_paths(col, [Path(p) for p in args.paths], batch_size=args.batch_size,
                              commit_every=args.commit_every,
                              regions=args.regions, retry_errors=args.retry_errors,
-                             progress=not args.quiet)
+                             progress=_progress(args))
     d = report.as_dict()
     if args.json:
         _print_json(d)
@@ -121,6 +192,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise InvalidRequest("give a query image, or --like PATH for an image in the collection")
     if args.images and args.like:
         raise InvalidRequest("give query images or --like, not both")
+    output = _output(args)
     with _open(args) as col:
         need_regions = False
         if args.codes:
@@ -136,7 +208,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             hits = codes.hamming_search(col, args.codes, query, k=args.k, rerank=args.rerank,
                                         query_regions=query.regions,
                                         min_similarity=args.min_similarity)
-            return _print_hits(hits, args.json)
+            return _print_hits(hits, output)
         kw: dict[str, Any] = {}
         if args.nprobe:
             kind = args.index_type or col.index().name
@@ -147,13 +219,15 @@ def cmd_search(args: argparse.Namespace) -> int:
             kw[knob] = args.nprobe
         hits = search(col, query, k=args.k, min_similarity=args.min_similarity,
                       index_kind=args.index_type, **kw)
-    return _print_hits(hits, args.json)
+    return _print_hits(hits, output)
 
 
-def _print_hits(hits: list, as_json: bool) -> int:
-    if as_json:
+def _print_hits(hits: list, output: str) -> int:
+    if output == "json":
         _print_json({"hits": [h.as_dict() for h in hits]})
         return EXIT_OK
+    if output == "filenames":
+        return _print_paths([h.path for h in hits])
     if not hits:
         print("no results", file=sys.stderr)
         return EXIT_OK
@@ -172,7 +246,7 @@ def cmd_hash_train(args: argparse.Namespace) -> int:
     with _open(args) as col:
         res = codes.train(col, args.method, args.bits, name=args.name, tag_source=args.tags,
                           vectors=args.vectors, seed=args.seed, weak=args.weak,
-                          progress=lambda m: print(m, file=sys.stderr),
+                          progress=_log(args),
                           warn=lambda m: print(f"cbir: warning: {m}", file=sys.stderr))
     if args.json:
         _print_json(res.as_dict())
@@ -208,14 +282,20 @@ def cmd_hash_delete(args: argparse.Namespace) -> int:
 
     with _open(args) as col, col.writer_lock():
         n = codes.delete(col, args.name)
-    print(f"deleted {args.name} ({n} codes)")
+    if args.json:
+        _print_json({"deleted": args.name, "codes": n})
+    else:
+        print(f"deleted {args.name} ({n} codes)")
     return EXIT_OK
 
 
 def cmd_hash_methods(args: argparse.Namespace) -> int:
     from cbir.hashing import HASHERS
 
-    print("\n".join(HASHERS.names()))
+    if args.json:
+        _print_json(list(HASHERS.names()))
+    else:
+        print("\n".join(HASHERS.names()))
     return EXIT_OK
 
 
@@ -237,14 +317,20 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     with _open(args) as col, col.writer_lock():
         paths: list[str] = []
+        missing: list[str] = []
         for p in args.paths:
             states = col.catalog.file_states(under=os.path.abspath(p))
             if not states:
-                print(f"cbir: {p} is not in the collection", file=sys.stderr)
+                missing.append(p)
+                if not args.json:
+                    print(f"cbir: {p} is not in the collection", file=sys.stderr)
             paths += list(states)
         n = col.catalog.remove_paths(paths)
         col.index()
-    print(f"removed {n} image(s)")
+    if args.json:
+        _print_json({"removed": n, "not_in_collection": missing})
+    else:
+        print(f"removed {n} image(s)")
     return EXIT_OK if n or not args.paths else EXIT_PARTIAL
 
 
@@ -269,7 +355,7 @@ def cmd_eval_folder(args: argparse.Namespace) -> int:
 
     result = evaluate_folder(Path(args.dataset), extractor=args.extractor,
                              collection_dir=args.collection, ks=args.ks,
-                             progress=not args.quiet, warn=lambda m: print(m, file=sys.stderr))
+                             progress=_progress(args), warn=lambda m: print(m, file=sys.stderr))
     if args.json:
         _print_json(result)
     else:
@@ -281,7 +367,7 @@ def cmd_eval_words(args: argparse.Namespace) -> int:
     from cbir.eval.words import evaluate_words
 
     result = evaluate_words(Path(args.dataset), extractor=args.extractor, collection_dir=args.collection,
-                            ks=args.ks, progress=not args.quiet, warn=lambda m: print(m, file=sys.stderr))
+                            ks=args.ks, progress=_progress(args), warn=lambda m: print(m, file=sys.stderr))
     if args.json:
         _print_json(result)
     else:
@@ -292,7 +378,7 @@ def cmd_eval_words(args: argparse.Namespace) -> int:
 def cmd_eval_hashing(args: argparse.Namespace) -> int:
     from cbir.eval.hashing_benchmark import run, write_json
 
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    log = _log(args)
     dataset = args.dataset or ("folder" if args.root else None)
     if dataset is None:
         raise InvalidRequest("name a benchmark dataset, or give a folder-per-class dataset with "
@@ -308,7 +394,7 @@ def cmd_eval_hashing(args: argparse.Namespace) -> int:
                         methods=[m for m in args.methods.split(",") if m], bits=args.bits,
                         vectors=args.vectors, seed=seed,
                         relevance=[r for r in args.relevance.split(",") if r], plot=args.plot,
-                        log=log, progress=not args.quiet, collection_dir=args.collection,
+                        log=log, progress=_progress(args), collection_dir=args.collection,
                         auto_weak=args.weak, **extra))
     result = runs[0]
     if len(runs) > 1:
@@ -337,22 +423,94 @@ def cmd_eval_hashing(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cbir.demo import run_demo
 
-    return run_demo(Path(args.dir))
+    return run_demo(Path(args.dir), progress=_progress(args))
 
 
 # -- parser -------------------------------------------------------------------------------
+class _VersionAction(argparse.Action):
+    """``--version``: the package, the default extractor and the on-disk format versions."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.stdout.write(version_text() + "\n")
+        parser.exit(EXIT_OK)
+
+
+def version_text() -> str:
+    from cbir.extract import DEFAULT_EXTRACTOR
+    from cbir.store.catalog import SCHEMA_VERSION
+    from cbir.store.manifest import FORMAT_VERSION
+
+    return (f"cbir {__version__}\n"
+            f"default extractor: {DEFAULT_EXTRACTOR}\n"
+            f"catalog schema: {SCHEMA_VERSION}\n"
+            f"manifest format: {FORMAT_VERSION}")
+
+
+#: the options every command accepts, before or after its name: (flags, add_argument keywords,
+#: the default the top-level parser gives)
+GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any], Any]] = [
+    (("-c", "--collection"),
+     {"type": _collection_path, "metavar": "DIR",
+      "help": "collection directory (default: $CBIR_COLLECTION or the per-user data dir)"}, None),
+    (("--json",), {"action": "store_true",
+                   "help": "results as JSON on stdout; errors as JSON on stderr"}, False),
+    (("-q", "--quiet"), {"action": "store_true",
+                         "help": "no progress bars and no progress messages"}, False),
+    (("--progress",), {"action": "store_true",
+                       "help": "show progress bars even when stderr is not a terminal"}, False),
+    (("--debug",), {"action": "store_true", "help": "show tracebacks"}, False),
+]
+
+
+def _dest(flags: tuple[str, ...]) -> str:
+    return flags[-1].lstrip("-").replace("-", "_")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    seen: dict[int, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                seen.setdefault(id(child), child)
+    return list(seen.values())
+
+
+def _add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The global options on ``parser``. The top-level parser holds the defaults; a sub-command's
+    copy defaults to SUPPRESS, so it only sets what was given after the sub-command name. A
+    sub-command's own option of the same name wins (``serve --collection``); its own option
+    with the same destination loses its default, for the same reason."""
+    dests = {_dest(flags) for flags, _, _ in GLOBAL_OPTIONS}
+    if not top:
+        for action in parser._actions:
+            if action.dest in dests:
+                action.default = argparse.SUPPRESS
+    group = parser.add_argument_group("global options (also before the command)" if not top
+                                      else "global options (also after the command)")
+    for flags, kw, default in GLOBAL_OPTIONS:
+        free = [f for f in flags if f not in parser._option_string_actions]
+        if free:
+            group.add_argument(*free, **kw, dest=_dest(flags),
+                               default=default if top else argparse.SUPPRESS)
+    for child in _subparsers(parser):
+        _add_global_options(child, top=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cbir.extract import DEFAULT_EXTRACTOR, EXTRACTORS
     from cbir.index import INDEXES
 
     index_types = ["auto", *INDEXES.names()]
     p = _Parser(prog="cbir", description="Content-based image retrieval: index a folder, "
-                "search by example image.")
-    p.add_argument("--version", action="version", version=f"cbir {__version__}")
-    p.add_argument("--collection", "-c", type=_collection_path, default=None,
-                   help="collection directory (default: $CBIR_COLLECTION or the per-user data dir)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+                "search by example image.",
+                epilog="Shell completion: eval \"$(register-python-argcomplete cbir)\"")
+    p.add_argument("--version", action=_VersionAction,
+                   help="show the version, the default extractor and the store's format versions")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND",
+                           help="one of these; `cbir COMMAND --help` for its options")
 
     s = sub.add_parser("index", help="build or update the collection from folders or files")
     s.add_argument("paths", nargs="+", help="folders or image files")
@@ -367,8 +525,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive_int, default=32, help="images per inference batch")
     s.add_argument("--commit-every", type=_positive_int, default=256,
                    help="images per committed transaction (a crash loses at most one)")
-    s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    s.add_argument("--json", action="store_true", help="summary as JSON on stdout")
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("search", help="find the images most like a query image")
@@ -388,11 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search by learned binary codes (see `cbir hash list`) in Hamming space")
     s.add_argument("--rerank", type=_positive_int, default=0, metavar="N",
                    help="with --codes: re-score the N nearest codes by their float features")
-    s.add_argument("--json", action="store_true")
+    add_filenames_option(s)
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("hash", help="learned binary hash codes: train, list, delete")
-    hsub = s.add_subparsers(dest="hash_command", required=True, parser_class=_Parser)
+    hsub = s.add_subparsers(dest="hash_command", required=True, parser_class=_Parser,
+                            metavar="COMMAND", help="what to do with hash codes")
     h = hsub.add_parser("train", help="learn codes from the collection's features (and tags)")
     h.add_argument("--method", required=True, help="lsh, pcah, itq, sh, wdht, ws-dsh, "
                    "ws-hashnet, idea, idea-l, idea-a (see `cbir hash methods`), or auto: ITQ "
@@ -409,41 +566,37 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--vectors", choices=["word2vec", "glove", "minilm"], default="glove",
                    help="tag vectors: packaged GloVe 6B-50d (default), packaged MiniLM, or "
                         "skip-gram word2vec trained on the collection's own tags (needs many tags)")
-    h.add_argument("--seed", type=int, default=0)
-    h.add_argument("--json", action="store_true")
+    h.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     h.set_defaults(func=cmd_hash_train)
     h = hsub.add_parser("list", help="the codes trained in this collection")
-    h.add_argument("--json", action="store_true")
     h.set_defaults(func=cmd_hash_list)
     h = hsub.add_parser("delete", help="delete trained codes")
-    h.add_argument("name")
+    h.add_argument("name", help="the codes' name (see `cbir hash list`)")
     h.set_defaults(func=cmd_hash_delete)
     h = hsub.add_parser("methods", help="the hashing methods available")
     h.set_defaults(func=cmd_hash_methods)
 
     s = sub.add_parser("info", help="collection statistics")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("remove", help="drop images (files or whole folders) from the collection")
-    s.add_argument("paths", nargs="+")
+    s.add_argument("paths", nargs="+", help="indexed image files, or folders: all images under them")
     s.set_defaults(func=cmd_remove)
 
     s = sub.add_parser("verify", help="check the collection's consistency")
     s.add_argument("--files", action="store_true",
                    help="also check that indexed files still exist unchanged on disk")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("eval", help="evaluate retrieval on a labelled dataset")
-    esub = s.add_subparsers(dest="protocol", required=True, parser_class=_Parser)
+    esub = s.add_subparsers(dest="protocol", required=True, parser_class=_Parser, metavar="PROTOCOL",
+                            help="the evaluation protocol")
     e = esub.add_parser("folder", help="folder-per-class dataset: every image queries all others")
     e.add_argument("dataset", help="folder with one sub-folder per class (e.g. Wang/Corel-1K)")
-    e.add_argument("--extractor", choices=EXTRACTORS.names(), default=DEFAULT_EXTRACTOR)
+    e.add_argument("--extractor", choices=EXTRACTORS.names(), default=DEFAULT_EXTRACTOR,
+                   help=f"feature extractor (default {DEFAULT_EXTRACTOR})")
     e.add_argument("--ks", type=lambda t: [_positive_int(x) for x in t.split(",")],
                    default=[1, 5, 10, 20], help="cut-offs, comma-separated (default 1,5,10,20)")
-    e.add_argument("--quiet", "-q", action="store_true")
-    e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval_folder)
     e = esub.add_parser("words", help="folder-per-class dataset searched by its class names "
                         "(built-in concepts, no training): P@K and AP per class")
@@ -452,8 +605,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature extractor (built-in concepts need efficientnet-lite0's classes)")
     e.add_argument("--ks", type=lambda t: [_positive_int(x) for x in t.split(",")],
                    default=[10, 20], help="cut-offs, comma-separated (default 10,20)")
-    e.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    e.add_argument("--json", action="store_true", help="the result as JSON on stdout")
     e.set_defaults(func=cmd_eval_words)
 
     for module in COMMAND_MODULES:
@@ -492,8 +643,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--baseline", default="itq", help="the method others are paired with over seeds")
     e.add_argument("--out", type=Path, default=None, help="write all metrics as JSON here")
     e.add_argument("--plot", type=Path, default=None, help="PR curves PNG at the largest bit length")
-    e.add_argument("--quiet", "-q", action="store_true")
-    e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval_hashing)
 
     from cbir.commands.concepts import add_eval_parser
@@ -503,7 +652,29 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="index scikit-image's sample photos and run a search")
     s.add_argument("--dir", default=".demo", help="where to put the photos and the collection")
     s.set_defaults(func=cmd_demo)
+
+    _add_global_options(p, top=True)
+    _add_completers(p)
     return p
+
+
+def add_filenames_option(s: argparse.ArgumentParser) -> None:
+    """``-f/--filenames`` (as rclip has) for a command that prints hits."""
+    s.add_argument("-f", "--filenames", action="store_true",
+                   help="print only the hits' paths, one per line (for piping)")
+
+
+def _add_completers(parser: argparse.ArgumentParser) -> None:
+    """Folder completion for -c/--collection (used only when argcomplete is installed)."""
+    try:
+        from argcomplete.completers import DirectoriesCompleter
+    except ImportError:
+        return
+    for action in parser._actions:
+        if "--collection" in action.option_strings or "-c" in action.option_strings:
+            action.completer = DirectoriesCompleter()  # type: ignore[attr-defined]
+    for child in _subparsers(parser):
+        _add_completers(child)
 
 
 def _one_line(text: str) -> str:
@@ -527,11 +698,30 @@ def _route_warnings(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _json_errors
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _json_errors = "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
     parser = build_parser()
+    try:
+        import argcomplete
+    except ImportError:
+        pass
+    else:
+        argcomplete.autocomplete(parser)  # returns at once unless the shell asks for completions
     args = parser.parse_args(argv)
     with warnings.catch_warnings():
         _route_warnings(args)
         return _run(args)
+
+
+def _fail(args: argparse.Namespace, message: str, kind: str, code: int = EXIT_ERROR,
+          prefix: str = "cbir: error: ") -> int:
+    """One line on stderr: text, or with --json ``{"error": ..., "type": ...}``."""
+    if getattr(args, "json", False):
+        print(_error_json(_one_line(message), kind), file=sys.stderr)
+    else:
+        print(f"{prefix}{_one_line(message)}", file=sys.stderr)
+    return code
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -540,37 +730,31 @@ def _run(args: argparse.Namespace) -> int:
     except CbirError as e:
         if args.debug:
             raise
-        print(f"cbir: error: {_one_line(str(e))}", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(args, str(e), type(e).__name__)
     except KeyboardInterrupt:
-        print("cbir: interrupted (committed work is kept; run the same command to resume)",
-              file=sys.stderr)
-        return 130
+        return _fail(args, "interrupted (committed work is kept; run the same command to resume)",
+                     "KeyboardInterrupt", 130, prefix="cbir: ")
     except BrokenPipeError:
         return EXIT_OK
     except sqlite3.DatabaseError as e:  # a catalog damaged beyond what opening it checks
         if args.debug:
             raise
-        print(f"cbir: error: the collection's catalog cannot be read ({_one_line(str(e))}); "
-              "check it with `cbir verify`", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(args, f"the collection's catalog cannot be read ({_one_line(str(e))}); "
+                     "check it with `cbir verify`", "CatalogError")
     except OSError as e:  # a file or folder the command needs: the OS says what is wrong
         if args.debug:
             raise
         where = f": {e.filename}" if e.filename else ""
-        print(f"cbir: error: {_one_line(e.strerror or str(e))}{where}", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(args, f"{e.strerror or e}{where}", type(e).__name__)
     except MemoryError:
         if args.debug:
             raise
-        print("cbir: error: not enough memory for this command", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(args, "not enough memory for this command", "MemoryError")
     except Exception as e:  # noqa: BLE001 — one line, not a traceback, unless --debug
         if args.debug:
             raise
-        print(f"cbir: internal error: {type(e).__name__}: {e} (rerun with --debug for details)",
-              file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(args, f"{type(e).__name__}: {e} (rerun with --debug for details)", "InternalError",
+                     prefix="cbir: internal error: ")
 
 
 if __name__ == "__main__":

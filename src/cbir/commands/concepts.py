@@ -16,13 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cbir.cli import _positive_int, _print_json
+from cbir.cli import _log, _output, _positive_int, _print_json, _print_paths, _progress, add_filenames_option
 
 EXIT_OK = 0
-
-
-def _log(args: argparse.Namespace) -> Any:
-    return (lambda m: None) if getattr(args, "quiet", False) else (lambda m: print(m, file=sys.stderr))
 
 
 def _open(args: argparse.Namespace) -> Any:
@@ -73,7 +69,7 @@ def cmd_concepts_list(args: argparse.Namespace) -> int:
 
 
 def cmd_concepts_show(args: argparse.Namespace) -> int:
-    from cbir.scenes import load_concept_model
+    from cbir.scenes import MIN_TRAINING_IMAGES, load_concept_model, weak_concepts
 
     with _open(args) as col:
         m = load_concept_model(col, args.name)
@@ -82,7 +78,7 @@ def cmd_concepts_show(args: argparse.Namespace) -> int:
             "text_branch": m.text is not None, "tag_vectors": m.tag_vectors,
             "concepts": {c: int(n) for c, n in zip(m.concepts, m.vocabulary.concept_counts, strict=True)},
             "concept_sets": m.vocabulary.n_itemsets, "trained_at": m.meta.get("trained_at"),
-            "fusion": m.meta.get("fusion", {}).get("queries")}
+            "fusion": m.meta.get("fusion", {}).get("queries"), "few_images": weak_concepts(m)}
     if args.json:
         _print_json(info)
     else:
@@ -91,6 +87,9 @@ def cmd_concepts_show(args: argparse.Namespace) -> int:
               f"{'yes (' + str(m.tag_vectors) + ')' if m.text else 'no'}")
         print("fusion weights: " + ", ".join(f"{k} {v:.3f}" for k, v in info["weights"].items()))
         print("concepts (training images): " + ", ".join(f"{c} ({n})" for c, n in info["concepts"].items()))
+        if info["few_images"]:
+            print(f"warning: learnt from fewer than {MIN_TRAINING_IMAGES} images, so queries lean on the "
+                  f"built-in concepts: {', '.join(info['few_images'])}")
     return EXIT_OK
 
 
@@ -101,18 +100,24 @@ def cmd_concepts_delete(args: argparse.Namespace) -> int:
     with _open(args) as col:
         if not delete_concept_model(col, args.name):
             raise InvalidRequest(f"no concept model named {args.name!r}")
-    print(f"deleted concept model {args.name!r}")
+    if args.json:
+        _print_json({"deleted": args.name})
+    else:
+        print(f"deleted concept model {args.name!r}")
     return EXIT_OK
 
 
 def cmd_scene(args: argparse.Namespace) -> int:
     from cbir.scenes import scene_search
 
+    output = _output(args)
     with _open(args) as col:
         res = scene_search(col, " ".join(args.query), k=args.k, model_name=args.model)
-    if args.json:
+    if output == "json":
         _print_json(res.as_dict())
         return EXIT_OK
+    if output == "filenames":
+        return _print_paths([h.path for h in res.hits])
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"scene: {' + '.join(res.query)}  (model {res.model})")
@@ -146,7 +151,7 @@ def cmd_eval_scenes(args: argparse.Namespace) -> int:
     result = run(args.dataset, args.root or Path(".data") / args.dataset,
                  settings=[s for s in args.settings.split(",") if s], k_rcs=args.k_rc,
                  per_size=args.queries, seed=args.seed, vectors=args.vectors, log=_log(args),
-                 progress=not args.quiet)
+                 progress=_progress(args))
     if args.out:
         write_json(result, args.out)
     if args.json:
@@ -169,61 +174,58 @@ def add_eval_parser(esub: Any) -> None:
     from cbir.eval.scenes import SETTINGS
 
     e = esub.add_parser("scenes", help="the SSIR paper's MAP table by query length (1-4 concepts)")
-    e.add_argument("dataset", choices=["corel5k"])
+    e.add_argument("dataset", choices=["corel5k"], help="the benchmark (Corel-5K)")
     e.add_argument("--root", type=Path, default=None, help="the extracted dataset (default .data/DATASET)")
     e.add_argument("--settings", default=",".join(SETTINGS),
                    help="visual (the real data) and/or noisy-tags (simulated user tags); comma-separated")
     e.add_argument("--k-rc", type=_ints, default=[2, 4, 8, 16], help="K_rc values for the ablation")
     e.add_argument("--queries", type=_positive_int, default=500, help="random queries per length 2-4")
-    e.add_argument("--vectors", choices=["glove", "word2vec", "minilm"], default="glove")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--vectors", choices=["glove", "word2vec", "minilm"], default="glove",
+                   help="tag vectors for the text branch (default glove)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the random queries (default 0)")
     e.add_argument("--out", type=Path, default=None, help="write all numbers as JSON here")
-    e.add_argument("--quiet", "-q", action="store_true")
-    e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval_scenes)
 
 
 def register(sub: Any, parser_class: Any) -> None:
     s = sub.add_parser("concepts", help="concept models for scene queries (train, list, show, delete)")
-    csub = s.add_subparsers(dest="concepts_command", required=True, parser_class=parser_class)
+    csub = s.add_subparsers(dest="concepts_command", required=True, parser_class=parser_class,
+                            metavar="COMMAND", help="what to do with concept models")
     c = csub.add_parser("train", help="learn concept classifiers, the co-occurrence context and the "
                         "fusion weights from the collection's tags (or folder names)")
     c.add_argument("--vocab", choices=["keywords", "folders"], default="keywords",
                    help="concepts: the images' cleaned tags (keywords) or their folder names")
-    c.add_argument("--name", default="scenes")
+    c.add_argument("--name", default="scenes", help="the model's name (default scenes)")
     c.add_argument("--vectors", choices=["glove", "word2vec", "minilm", "none"], default="glove",
                    help="tag vectors for the text branch and for synonyms in queries")
     c.add_argument("--min-count", type=_positive_int, default=2, help="images a concept needs (default 2)")
     c.add_argument("--max-size", type=_positive_int, default=4, help="largest concept set in V* (t)")
     c.add_argument("--min-support", type=_positive_int, default=3, help="images a concept set needs (s)")
     c.add_argument("--k-rc", type=_positive_int, default=8, help="size of the query context R_rc")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--overwrite", action="store_true")
-    c.add_argument("--quiet", "-q", action="store_true")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    c.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
     c.set_defaults(func=cmd_concepts_train)
     c = csub.add_parser("list", help="the collection's concept models")
-    c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_concepts_list)
     c = csub.add_parser("show", help="a model's concepts, fusion weights and settings")
-    c.add_argument("name", nargs="?", default=None)
-    c.add_argument("--json", action="store_true")
+    c.add_argument("name", nargs="?", default=None,
+                   help="the model's name (default: the only one / 'scenes')")
     c.set_defaults(func=cmd_concepts_show)
     c = csub.add_parser("delete", help="delete a concept model")
-    c.add_argument("name")
+    c.add_argument("name", help="the model's name (see `cbir concepts list`)")
     c.set_defaults(func=cmd_concepts_delete)
 
     s = sub.add_parser("scene", help="images that show ALL the given concepts, best first")
     s.add_argument("query", nargs="+", help='concepts, e.g. "sky water boats" or "sky, water, boat"')
-    s.add_argument("-k", type=_positive_int, default=20)
+    s.add_argument("-k", type=_positive_int, default=20, help="number of results (default 20)")
     s.add_argument("--model", default=None, help="concept model name (default: the only one / 'scenes')")
-    s.add_argument("--json", action="store_true")
+    add_filenames_option(s)
     s.set_defaults(func=cmd_scene)
 
     s = sub.add_parser("tags", help="predicted concepts with probabilities for image files")
-    s.add_argument("images", nargs="+")
-    s.add_argument("--model", default=None)
-    s.add_argument("--top", type=_positive_int, default=10)
-    s.add_argument("--min-probability", type=float, default=0.0)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("images", nargs="+", help="image files")
+    s.add_argument("--model", default=None, help="concept model name (default: the only one / 'scenes')")
+    s.add_argument("--top", type=_positive_int, default=10, help="concepts listed per image (default 10)")
+    s.add_argument("--min-probability", type=float, default=0.0,
+                   help="leave out concepts less probable than this (default 0)")
     s.set_defaults(func=cmd_tags)

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cbir.cli import _positive_int, _print_json
+from cbir.cli import _output, _positive_int, _print_json, _print_paths, _progress, add_filenames_option
 from cbir.errors import InvalidRequest
 
 EXIT_OK = 0
@@ -80,10 +80,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                                  "elsewhere)")
         extractor = extractor or have
     cfg = _train_config(args, finetune=False)
-    with _EpochBar(args.quiet, "training") as bar:
+    with _EpochBar(not _progress(args), "training") as bar:
         res = train_from_folder(dataset, name=args.name, registry=_registry(args), extractor=extractor,
                                 config=cfg, trained_by=args.trained_by, overwrite=args.overwrite,
-                                progress=not args.quiet, on_epoch=bar, warn=_warn)
+                                progress=_progress(args), on_epoch=bar, warn=_warn)
     return _report(args, res)
 
 
@@ -102,8 +102,9 @@ def _train_config(args: argparse.Namespace, *, finetune: bool) -> Any:
 
 
 class _EpochBar:
-    """``on_epoch`` for the trainers: a tqdm bar of epochs with loss/accuracy (none with --quiet);
-    with ``per_epoch`` also one line per epoch (fine-tuning epochs take minutes)."""
+    """``on_epoch`` for the trainers: a tqdm bar of epochs with loss/accuracy (on a terminal or
+    with --progress, never with --quiet); with ``per_epoch`` one line per epoch instead (fine-tuning
+    epochs take minutes; none with --quiet)."""
 
     def __init__(self, quiet: bool, desc: str, per_epoch: bool = False):
         self.quiet, self.desc, self.per_epoch = quiet, desc, per_epoch
@@ -162,7 +163,7 @@ def _train_finetune(args: argparse.Namespace, dataset: Path) -> int:
     with _EpochBar(args.quiet, "fine-tuning", per_epoch=True) as bar:
         res = finetune_from_folder(dataset, name=args.name, registry=_registry(args), config=cfg,
                                    finetune=ft, trained_by=args.trained_by, overwrite=args.overwrite,
-                                   progress=not args.quiet, on_epoch=bar, warn=_warn)
+                                   progress=_progress(args), on_epoch=bar, warn=_warn)
     code = _report(args, res)
     if not args.json:
         from cbir.collection import default_collection_dir
@@ -267,9 +268,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
     finally:
         if col is not None:
             col.close()
-    note = "; the collection's index goes back to ImageNet classes" \
-        if res["collection_stopped_using_it"] else ""
-    print(f"deleted model {args.name}{note}")
+    if args.json:
+        _print_json(res)
+    else:
+        note = "; the collection's index goes back to ImageNet classes" \
+            if res["collection_stopped_using_it"] else ""
+        print(f"deleted model {args.name}{note}")
     if finetuned:
         print(f"cbir: note: collections indexed with --extractor finetuned:{args.name} keep their "
               "features but can no longer embed new images or query files", file=sys.stderr)
@@ -314,11 +318,17 @@ def cmd_use(args: argparse.Namespace) -> int:
     with _open_collection(args) as col, col.writer_lock():
         if args.none:
             was = stop_using(col)
-            print("the class-partitioned index uses ImageNet classes"
-                  + ("" if was else " (it already did)"))
+            if args.json:
+                _print_json({"model": None, "was_using_a_model": was})
+            else:
+                print("the class-partitioned index uses ImageNet classes"
+                      + ("" if was else " (it already did)"))
         else:
             use_model(col, _registry(args), args.name)
-            print(f"recorded {args.name} as the model whose classes partition the collection")
+            if args.json:
+                _print_json({"model": args.name})
+            else:
+                print(f"recorded {args.name} as the model whose classes partition the collection")
     return EXIT_OK
 
 
@@ -328,15 +338,18 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if bool(args.images) == bool(args.like):
         raise InvalidRequest("give query image(s), or --like PATH for an image in the collection")
+    output = _output(args)
     model = _registry(args).load(args.name)
     with _open_collection(args) as col:
         query = query_from_members(col, args.like) if args.like else \
             query_from_images(col, [Path(p) for p in args.images])
         hits = search_with_model(col, model, query, k=args.k, beta=args.beta, depth=args.depth,
                                  partitioned=args.partitioned, n_partitions=args.nprobe)
-    if args.json:
+    if output == "json":
         _print_json({"hits": [h.as_dict() for h in hits]})
         return EXIT_OK
+    if output == "filenames":
+        return _print_paths([h.hit.path for h in hits])
     if not hits:
         print("no results", file=sys.stderr)
     else:
@@ -366,7 +379,8 @@ def register(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     s.add_argument("--head", choices=HEADS, default="mlp",
                    help="linear, or mlp (one hidden layer; default)")
     s.add_argument("--hidden", type=_positive_int, default=512, help="mlp hidden units (default 512)")
-    s.add_argument("--dropout", type=_float_in(0.0, 0.95), default=0.3)
+    s.add_argument("--dropout", type=_float_in(0.0, 0.95), default=0.3,
+                   help="mlp dropout rate, 0 to 0.95 (default 0.3)")
     s.add_argument("--epochs", type=_positive_int, default=None,
                    help="maximum epochs; early stopping usually ends sooner (default 100, "
                    "with --finetune 15)")
@@ -379,10 +393,11 @@ def register(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
                    help="held-out share per class for validation (stratified, seeded; default 0.2)")
     s.add_argument("--balance", choices=BALANCE, default="weights",
                    help="class balancing: weighted loss (default), balanced sampler, or none")
-    s.add_argument("--batch-size", type=_positive_int, default=64)
+    s.add_argument("--batch-size", type=_positive_int, default=64, help="examples per step (default 64)")
     s.add_argument("--lr", type=_float_in(1e-7, 10.0), default=1e-3,
                    help="learning rate (AdamW; with --finetune, of the head's warm-up)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and order "
+                   "(default 0)")
     s.add_argument("--extractor", choices=EXTRACTORS.names(), default=None,
                    help="feature extractor (default: the collection's); finetuned:NAME trains a "
                    "head on a fine-tuned model's features")
@@ -401,44 +416,41 @@ def register(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
                    "fine-tuning (default 1e-4)")
     s.add_argument("--no-flip", action="store_true",
                    help="with --finetune: no mirrored copies (halves the backbone pass; less data)")
-    s.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    s.add_argument("--json", action="store_true", help="summary as JSON on stdout")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("models", help="trained models: list, show, delete, curves, label, use, search")
-    msub = s.add_subparsers(dest="models_command", required=True, parser_class=parser_class)
+    msub = s.add_subparsers(dest="models_command", required=True, parser_class=parser_class,
+                            metavar="COMMAND", help="what to do with the trained models")
+    model_name = "the model's name (see `cbir models list`)"
     m = msub.add_parser("list", parents=[common], help="the trained models")
-    m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_list)
     m = msub.add_parser("show", parents=[common], help="a model's record (who, when, classes, accuracy)")
-    m.add_argument("name")
-    m.add_argument("--json", action="store_true")
+    m.add_argument("name", help=model_name)
     m.set_defaults(func=cmd_show)
     m = msub.add_parser("delete", parents=[common],
                         help="delete a model (the collection stops partitioning by it)")
-    m.add_argument("name")
+    m.add_argument("name", help=model_name)
     m.set_defaults(func=cmd_delete)
-    m = msub.add_parser("curves", parents=[common], help="training curves as PNG and/or JSON")
-    m.add_argument("name")
+    m = msub.add_parser("curves", parents=[common], help="training curves as PNG and/or JSON "
+                        "(--json: the per-epoch numbers on stdout)")
+    m.add_argument("name", help=model_name)
     m.add_argument("--out", default=None, metavar="FILE.png", help="write the plot here")
-    m.add_argument("--json", action="store_true", help="the per-epoch numbers on stdout")
     m.set_defaults(func=cmd_curves)
     m = msub.add_parser("label", parents=[common], help="label the collection's images with a model")
-    m.add_argument("name")
+    m.add_argument("name", help=model_name)
     m.add_argument("--top", type=_positive_int, default=3, help="classes listed per image in --json")
-    m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_label)
     m = msub.add_parser("use", parents=[common],
                         help="partition the collection's class-partitioned index by a model's classes")
-    m.add_argument("name", nargs="?", default=None)
+    m.add_argument("name", nargs="?", default=None, help=model_name + "; or give --none")
     m.add_argument("--none", action="store_true", help="go back to ImageNet top-1 classes")
     m.set_defaults(func=cmd_use)
     m = msub.add_parser("search", parents=[common],
                         help="search, re-ranked by a model: cosine + beta * p(query class | hit)")
-    m.add_argument("name")
+    m.add_argument("name", help=model_name)
     m.add_argument("images", nargs="*", help="query image file(s)")
     m.add_argument("--like", nargs="+", metavar="PATH", help="query by image(s) in the collection")
-    m.add_argument("-k", type=_positive_int, default=10)
+    m.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
     m.add_argument("--beta", type=_float_in(0.0, 100.0), default=0.5,
                    help="weight of the class agreement (0 = plain cosine order; default 0.5)")
     m.add_argument("--depth", type=_positive_int, default=100, help="candidates re-ranked")
@@ -446,5 +458,5 @@ def register(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
                    help="candidates from tables of the model's predicted classes only")
     m.add_argument("--nprobe", type=_positive_int, default=1,
                    help="with --partitioned: classes scanned (default 1)")
-    m.add_argument("--json", action="store_true")
+    add_filenames_option(m)
     m.set_defaults(func=cmd_search)
