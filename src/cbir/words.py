@@ -12,6 +12,7 @@ built once per catalog generation and kept, so a query is one sparse product.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -107,6 +108,8 @@ def resolve_words(query: str | Sequence[str], neighbours: Any | None = None) -> 
     from cbir.concepts.builtin import load_builtin
 
     bc = load_builtin()
+    if neighbours is None:  # MiniLM or GloVe when installed, for words the shipped table lacks
+        neighbours = _default_neighbours()
     words = bc.parse_query(query) if isinstance(query, str) else [w for q in query for w in bc.parse_query(q)]
     if not words:
         raise InvalidRequest("give at least one word to search for, e.g. \"dog\" or \"dog beach\"")
@@ -122,6 +125,13 @@ def resolve_words(query: str | Sequence[str], neighbours: Any | None = None) -> 
         if r.note:
             notes.append(r.note)
     return resolved, notes
+
+
+@functools.cache
+def _default_neighbours() -> Any | None:
+    from cbir.concepts.builtin import default_neighbours
+
+    return default_neighbours()
 
 
 def evidence(matrix: Any, resolved: list[Any]) -> np.ndarray:
