@@ -6,6 +6,7 @@ cbir concepts list | show [NAME] | delete NAME
 cbir scene "sky water boats" [-k 20] [--model NAME] [--json]
 cbir tags photo.jpg [more.jpg ...] [--top 10] [--json]
 cbir eval scenes corel5k [--settings visual,noisy-tags] [--k-rc 2,4,8,16] [--out F.json]
+cbir eval scenes corel5k --protocol mixed [--tagged-fraction 0.3]
 ```
 """
 
@@ -148,17 +149,18 @@ def cmd_eval_scenes(args: argparse.Namespace) -> int:
     from cbir.eval.hashing_benchmark import write_json
     from cbir.eval.scenes import run
 
+    settings = ["mixed"] if args.protocol == "mixed" else [s for s in args.settings.split(",") if s]
     result = run(args.dataset, args.root or Path(".data") / args.dataset,
-                 settings=[s for s in args.settings.split(",") if s], k_rcs=args.k_rc,
+                 settings=settings, k_rcs=args.k_rc,
                  per_size=args.queries, seed=args.seed, vectors=args.vectors, log=_log(args),
-                 progress=_progress(args))
+                 progress=_progress(args), tagged_fraction=args.tagged_fraction)
     if args.out:
         write_json(result, args.out)
     if args.json:
         _print_json(result)
     else:
         for setting, table in result["tables"].items():
-            s = result["settings"][setting]
+            s = result["settings"][setting.split(" (")[0]]
             print(f"\n== {args.dataset}, setting {setting}: MAP by query length "
                   f"({s['vocabulary']['concepts']} concepts, {s['vocabulary']['itemsets']} concept sets) ==")
             print(table)
@@ -178,6 +180,11 @@ def add_eval_parser(esub: Any) -> None:
     e.add_argument("--root", type=Path, default=None, help="the extracted dataset (default .data/DATASET)")
     e.add_argument("--settings", default=",".join(SETTINGS),
                    help="visual (the real data) and/or noisy-tags (simulated user tags); comma-separated")
+    e.add_argument("--protocol", choices=["paper", "mixed"], default="paper",
+                   help="paper: the --settings tables; mixed: a library where only --tagged-fraction of "
+                        "the images keep their keywords as tags (MAP overall and of the untagged images)")
+    e.add_argument("--tagged-fraction", type=float, default=0.3,
+                   help="--protocol mixed: share of images that keep their keywords as tags (default 0.3)")
     e.add_argument("--k-rc", type=_ints, default=[2, 4, 8, 16], help="K_rc values for the ablation")
     e.add_argument("--queries", type=_positive_int, default=500, help="random queries per length 2-4")
     e.add_argument("--vectors", choices=["glove", "word2vec", "minilm"], default="glove",

@@ -20,6 +20,7 @@ split, never on the test images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,12 @@ from cbir.errors import InvalidRequest
 EPS = 1e-12
 
 __all__ = [
+    "MIN_VISUAL",
     "FusionResult",
+    "LogOddsFusion",
+    "fit_logistic",
+    "fit_logodds_fusion",
+    "logit",
     "fit_fusion_weights",
     "log_likelihood",
     "log_likelihood_and_grad",
@@ -197,3 +203,152 @@ def fit_fusion_weights(
             converged = True
             break
     return FusionResult(weights=w, curve=np.asarray(curve), n_iter=len(curve) - 1, converged=converged)
+
+
+# -- per-branch log-odds fusion (issue 11) -----------------------------------------------------
+#
+# The linear fusion above fits one weight vector for tagged and untagged images alike; on a
+# library where most images are tagged it puts all the weight on the text terms, the fused
+# score of a tagged image then no longer depends on what the image shows, and untagged
+# images (scored by the renormalised visual weights, which may be 0/0) land on another
+# scale. The model below instead estimates, with one logistic model per kind of evidence,
+#
+#     P(Q | I)    = sigmoid(b_v + w1 l1 + w2 l2)                       (untagged images)
+#     P(Q | I, T) = sigmoid(b_t + u_v z_v + u3 l3 + u4 l4)              (tagged images)
+#
+# where ``l_k = logit(p_k)`` are the calibrated SSIR terms (eqs. 8-9 through
+# :mod:`cbir.concepts.calibration`) and ``z_v = b_v + w1 l1 + w2 l2`` is the visual model's
+# log-odds. Both are fitted with the eq. 17-18 weighted log-likelihood, ``P(Q | I)`` on every
+# validation image, ``P(Q | I, T)`` on the tagged ones, so both estimate the same quantity,
+# the probability that the image holds every concept of the query given the evidence it
+# has: one scale. ``w1, w2, u3, u4 >= 0`` and ``u_v >= MIN_VISUAL``: the visual evidence
+# always counts, so no weight setting makes a tagged image's score independent of it.
+
+#: smallest coefficient of the visual log-odds in the tagged images' model
+MIN_VISUAL = 0.5
+_LOGIT_CLIP = 30.0
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """``log(p / (1 - p))`` with ``p`` clipped away from 0 and 1 -> float64, within +-30."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-13, 1 - 1e-13)
+    return np.clip(np.log(p) - np.log1p(-p), -_LOGIT_CLIP, _LOGIT_CLIP)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, weights: np.ndarray, lower: np.ndarray,
+                 *, ridge: float = 1e-4, max_iter: int = 500) -> tuple[float, np.ndarray]:
+    """Weighted logistic regression with lower bounds on the coefficients -> (bias, coef (d,)).
+
+    x: ``(n, d)``; y: ``(n,)`` 0/1; weights: ``(n,)`` non-negative; lower: ``(d,)`` (``-inf``
+    for none). L-BFGS-B from a fixed start (deterministic); a small ridge keeps the
+    solution finite on separable data.
+    """
+    from scipy.optimize import minimize
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    d = x.shape[1]
+    lo = np.asarray(lower, dtype=np.float64)
+
+    def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = theta[0] + x @ theta[1:]
+        # weighted negative log-likelihood, stable: log(1 + e^z) - y z
+        nll = np.sum(w * (np.logaddexp(0.0, z) - y * z))
+        g = w * (1.0 / (1.0 + np.exp(-z)) - y)
+        grad = np.concatenate([[g.sum()], x.T @ g])
+        coef = theta[1:]
+        return float(nll + 0.5 * ridge * coef @ coef), grad + np.concatenate([[0.0], ridge * coef])
+
+    start = np.concatenate([[0.0], np.maximum(np.full(d, 0.5), np.where(np.isfinite(lo), lo, 0.5))])
+    bounds = [(None, None)] + [(None if not np.isfinite(b) else float(b), None) for b in lo]
+    res = minimize(f, start, jac=True, method="L-BFGS-B", bounds=bounds,
+                   options={"maxiter": max_iter, "ftol": 1e-12, "gtol": 1e-9})
+    return float(res.x[0]), np.asarray(res.x[1:], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class LogOddsFusion:
+    """The two calibrated models above: ``visual = [b_v, w1, w2]``, ``joint = [b_t, u_v, u3, u4]``.
+
+    joint is None without a text branch (every image is scored by the visual model).
+    """
+
+    visual: tuple[float, float, float]
+    joint: tuple[float, float, float, float] | None = None
+
+    def to_dict(self) -> dict[str, list[float] | None]:
+        return {"visual": [float(v) for v in self.visual],
+                "joint": None if self.joint is None else [float(v) for v in self.joint]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LogOddsFusion:
+        v = d.get("visual")
+        j = d.get("joint")
+        if v is None or len(v) != 3 or (j is not None and len(j) != 4):
+            raise InvalidRequest(f"a log-odds fusion needs visual [b, w1, w2] and joint "
+                                 f"[b, u_v, u3, u4]; got {d}")
+        return cls(tuple(float(x) for x in v), None if j is None else tuple(float(x) for x in j))
+
+    def visual_logodds(self, calibrated: np.ndarray) -> np.ndarray:
+        lg = logit(np.asarray(calibrated)[:, :2])
+        return self.visual[0] + lg @ np.asarray(self.visual[1:])
+
+    def logodds(self, calibrated: np.ndarray, has_text: np.ndarray | None = None) -> np.ndarray:
+        """``(n,)`` fused log-odds from ``(n, 4)`` calibrated terms; has_text ``(n,)`` bool or None."""
+        comp = np.asarray(calibrated, dtype=np.float64)
+        zv = self.visual_logodds(comp)
+        if self.joint is None or has_text is None or not np.asarray(has_text).any():
+            return zv
+        mask = np.asarray(has_text, dtype=bool)
+        b, uv, u3, u4 = self.joint
+        lt = logit(comp[:, 2:])
+        zt = b + uv * zv + lt @ np.array([u3, u4])
+        return np.where(mask, zt, zv)
+
+    def score(self, calibrated: np.ndarray, has_text: np.ndarray | None = None) -> np.ndarray:
+        """``(n,)`` P(image holds every concept of the query | its evidence)."""
+        return 1.0 / (1.0 + np.exp(-self.logodds(calibrated, has_text)))
+
+
+def fit_logodds_fusion(calibrated: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
+                       has_text: np.ndarray | None = None, *, active: np.ndarray | None = None,
+                       min_visual: float = MIN_VISUAL) -> LogOddsFusion:
+    """Fit :class:`LogOddsFusion` on ``(n, 4)`` calibrated terms with eq. 17's weights.
+
+    active: ``(4,)`` bool, the terms that may be used (an inactive one gets coefficient 0).
+    With the visual terms inactive ("tags only") the visual model is a constant (the base
+    rate) and ``u_v = 0``; with the text terms inactive, or no tagged row, joint is None.
+    """
+    comp = np.asarray(calibrated, dtype=np.float64)
+    y = np.asarray(labels).astype(np.float64)
+    sw = sample_weights(y.astype(bool), groups)
+    act = np.ones(4, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+    mask = np.zeros(len(y), dtype=bool) if has_text is None else np.asarray(has_text, dtype=bool)
+    lg = logit(comp)
+    cols_v = [k for k in (0, 1) if act[k]]
+    if cols_v:
+        bv, cv = fit_logistic(lg[:, cols_v], y, sw, np.zeros(len(cols_v)))
+    else:
+        bv, cv = fit_logistic(np.zeros((len(y), 0)), y, sw, np.zeros(0))
+    wv = np.zeros(2)
+    wv[[k for k in cols_v]] = cv
+    visual = (bv, float(wv[0]), float(wv[1]))
+    cols_t = [k for k in (2, 3) if act[k]]
+    if not cols_t or not mask.any() or y[mask].all() or not y[mask].any():
+        return LogOddsFusion(visual, None)
+    zv = visual[0] + lg[:, :2] @ wv
+    feats = [lg[mask][:, cols_t]]
+    lower = [0.0] * len(cols_t)
+    if cols_v:
+        feats.insert(0, zv[mask, None])
+        lower.insert(0, float(min_visual))
+    g = None if groups is None else np.asarray(groups)[mask]
+    bt, ct = fit_logistic(np.column_stack(feats), y[mask], sample_weights(y[mask].astype(bool), g),
+                          np.array(lower))
+    uv = float(ct[0]) if cols_v else 0.0
+    ut = ct[1:] if cols_v else ct
+    u = np.zeros(2)
+    u[[k - 2 for k in cols_t]] = ut
+    return LogOddsFusion(visual, (bt, uv, float(u[0]), float(u[1])))

@@ -139,14 +139,16 @@ def sample_queries(concept_matrix: np.ndarray, sizes: Sequence[int], per_size: i
 
 def fit_fusion(scorer: SceneScorer, post: ScenePosteriors, concept_matrix: np.ndarray,
                queries: Sequence[tuple[int, ...]], *, active: Sequence[bool] | None = None,
-               calibrate: bool = True) -> dict[str, Any]:
+               calibrate: bool = True, logodds: bool = True) -> dict[str, Any]:
     """Learn a1..a4 (eqs. 14-18) on validation images; returns weights, calibration, curve, sizes.
 
     For each query every validation image is one example, labelled 1 when it holds every
     concept of the query; the query is the group of eq. 17's 1/N+ and 1/N- weights.
     Without a text branch only the visual weights are active. ``calibrate``: first map
     each active term to a probability (:mod:`cbir.concepts.calibration`), else fuse the
-    raw terms as eq. 7 prints them.
+    raw terms as eq. 7 prints them. ``logodds`` (with ``calibrate``): also fit the
+    per-branch log-odds fusion (:class:`~cbir.concepts.fusion.LogOddsFusion`), returned as
+    ``"logodds"`` (a dict; None otherwise), which the model then scores with.
     """
     from cbir.concepts.calibration import apply_calibration, fit_calibration
     from cbir.concepts.fusion import sample_weights
@@ -183,7 +185,12 @@ def fit_fusion(scorer: SceneScorer, post: ScenePosteriors, concept_matrix: np.nd
         calibration = fit_calibration(comp, y, sample_weights(y, gid), usable)
         comp = apply_calibration(comp, calibration)
     res = fit_fusion_weights(comp, y, gid, has_text, active=act)
-    return {"weights": res.weights, "calibration": calibration, "curve": res.curve.tolist(),
+    lo = None
+    if calibrate and logodds:
+        from cbir.concepts.fusion import fit_logodds_fusion
+
+        lo = fit_logodds_fusion(comp, y, gid, has_text, active=act).to_dict()
+    return {"weights": res.weights, "calibration": calibration, "logodds": lo, "curve": res.curve.tolist(),
             "iterations": res.n_iter, "converged": res.converged, "queries": int(keep_g.sum()),
             "examples": int(keep.sum())}
 
@@ -205,6 +212,11 @@ class SceneModel:
         self.scorer = SceneScorer(self.context, check_weights(weights), int(meta.get("k_rc", K_RC)))
         #: per-term [alpha, beta] of the calibration before fusion (None: raw terms)
         self.calibration: list[list[float] | None] | None = meta.get("calibration")
+        #: the per-branch log-odds fusion (issue 11); None: the linear fusion of eq. 7
+        from cbir.concepts.fusion import LogOddsFusion
+
+        lo = meta.get("logodds")
+        self.logodds: LogOddsFusion | None = None if lo is None else LogOddsFusion.from_dict(lo)
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -229,9 +241,12 @@ class SceneModel:
         return self.meta.get("tag_vectors")
 
     def with_settings(self, *, weights: Sequence[float] | None = None, k_rc: int | None = None,
-                      calibration: Any = "keep") -> SceneModel:
-        """A copy with other fusion weights, K_rc or calibration (for ablations); classifiers shared."""
+                      calibration: Any = "keep", logodds: Any = "keep") -> SceneModel:
+        """A copy with other fusion weights, K_rc, calibration or log-odds fusion (dict or None);
+        classifiers shared (for ablations)."""
         meta = dict(self.meta)
+        if logodds != "keep":
+            meta["logodds"] = logodds
         if k_rc is not None:
             meta["k_rc"] = int(k_rc)
         if calibration != "keep":
@@ -265,11 +280,19 @@ class SceneModel:
         return self.fuse(self.components(query, post), post)
 
     def fuse(self, components: np.ndarray, post: ScenePosteriors) -> np.ndarray:
-        """Calibrate the ``(n, 4)`` raw terms, then eqs. 7-9 -> ``(n,)``."""
+        """Calibrate the ``(n, 4)`` raw terms, then fuse -> ``(n,)``.
+
+        With a log-odds fusion (models trained since issue 11): P(Q | I) for untagged
+        images, P(Q | I, T) for tagged ones (:class:`~cbir.concepts.fusion.LogOddsFusion`);
+        else eqs. 7-9 on the calibrated terms.
+        """
         from cbir.concepts.calibration import apply_calibration
 
         mask = post.has_text if post.text_single is not None else np.zeros(len(post), dtype=bool)
-        return fuse(apply_calibration(components, self.calibration), self.weights, mask)
+        cal = apply_calibration(components, self.calibration)
+        if self.logodds is not None and self.calibration is not None:
+            return self.logodds.score(cal, mask)
+        return fuse(cal, self.weights, mask)
 
     def concept_probabilities(self, post: ScenePosteriors) -> np.ndarray:
         """``(n, C)`` per-concept probability: visual, mixed with text where an image has tags.
@@ -444,8 +467,9 @@ def train_scene_model(
             from cbir.concepts.sentence_cnn import train_text_concepts
 
             tr = fit[known]
+            # sigmoid single-concept head: a tag list "desert, mountains" says both (issue 11)
             text = train_text_concepts([list(tags[i]) for i in tr], vectors, single_t[known],
-                                       multi_t[known], seed=seed)
+                                       multi_t[known], seed=seed, single_loss="sigmoid")
             vec_name = getattr(vectors, "name", None)
             log(f"text classifier trained on {tr.size} tagged images ({time.perf_counter() - t0:.1f} s)")
         else:
@@ -462,10 +486,15 @@ def train_scene_model(
     qs = sample_queries(val_m, (1, 2, 3, 4), fusion_queries, rng)
     queries = [q for k in sorted(qs) for q in qs[k]]
     fitted = fit_fusion(model.scorer, vpost, val_m, queries)
-    model = model.with_settings(weights=fitted["weights"], calibration=fitted["calibration"])
-    model.meta["fusion"] = {k: v for k, v in fitted.items() if k not in ("weights", "calibration")}
+    model = model.with_settings(weights=fitted["weights"], calibration=fitted["calibration"],
+                                logodds=fitted["logodds"])
+    model.meta["fusion"] = {k: v for k, v in fitted.items() if k not in ("weights", "calibration", "logodds")}
     model.meta["components"] = list(COMPONENTS)
     model.meta["train_seconds"] = round(time.perf_counter() - t0, 2)
     log("fusion weights " + ", ".join(f"{c} {w:.3f}" for c, w in zip(COMPONENTS, model.weights, strict=True))
         + f" (from {fitted['queries']} validation queries)")
+    if model.logodds is not None:
+        lo = model.logodds
+        log("log-odds fusion: visual b {:.2f} w1 {:.2f} w2 {:.2f}".format(*lo.visual) + (
+            "" if lo.joint is None else "; tagged b {:.2f} u_v {:.2f} u3 {:.2f} u4 {:.2f}".format(*lo.joint)))
     return model, vpost, val_m
