@@ -34,7 +34,8 @@ def test_a_concept_with_few_training_images_leans_on_the_builtin_one(tmp_path, c
         for rec in col.catalog.iter_records("ok"):
             p = np.full(1000, 1e-5, dtype=np.float32)
             p[207 if rec.path.endswith("untagged0.png") else 281] = 0.9
-            col.catalog.db.execute("UPDATE images SET class_probs=? WHERE id=?", (pack_class_probs(p), rec.id))
+            col.catalog.db.execute("UPDATE images SET class_probs=? WHERE id=?",
+                                   (pack_class_probs(p), rec.id))
         col.catalog._bump()
     assert main(["-c", str(coll), "concepts", "train", "--vectors", "none", "--min-support", "3"]) == 0
     capsys.readouterr()

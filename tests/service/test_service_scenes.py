@@ -81,7 +81,8 @@ def test_scene_query_on_a_fresh_collection_uses_the_builtin_concepts(client, col
         for rec in col.catalog.iter_records("ok"):
             p = np.full(1000, 1e-5, dtype=np.float32)
             p[207 if rec.id == first.id else 281] = 0.9  # one golden retriever, the rest tabby cats
-            col.catalog.db.execute("UPDATE images SET class_probs=? WHERE id=?", (pack_class_probs(p), rec.id))
+            col.catalog.db.execute("UPDATE images SET class_probs=? WHERE id=?",
+                                   (pack_class_probs(p), rec.id))
         col.catalog._bump()
     r = client.get("/api/scenes", params={"q": "dogs", "k": 3})
     assert r.status_code == 200, r.text
