@@ -307,6 +307,12 @@ def train(col: Collection, method: str, bits: int, *, name: str | None = None,
                              f"got {weak!r}")
     if name is not None:
         hasher_path(col, name)  # a bad name fails before any work
+    if auto or method in TAG_METHODS:  # the weak methods train with torch on tag vectors
+        from cbir import extras
+
+        what = f"--method auto (it may train {weak!r})" if auto else f"hashing method {method!r}"
+        extras.require(what, "train", ["torch"])
+        extras.require_vectors(what, vectors)
     t0 = time.perf_counter()
     ids, feats = col.catalog.features()
     if len(ids) < 2:

@@ -24,6 +24,9 @@ SAMPLES = ["astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins"
 
 def write_samples(folder: Path) -> list[Path]:
     """Write the sample photos as JPEGs; returns their paths."""
+    from cbir import extras
+
+    extras.require("cbir demo (scikit-image's sample photos)", "demo")
     from skimage import data
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -61,14 +64,14 @@ def make_query(photos: Path, out: Path) -> Path:
     return out
 
 
-def run_demo(directory: Path) -> int:
+def run_demo(directory: Path, *, progress: bool = True) -> int:
     photos = directory / "photos"
     n = len(write_samples(photos))
     query = make_query(photos, directory / "query-cat.jpg")
     print(f"demo: {n} sample photos in {photos}", file=sys.stderr)
     with Collection.create_or_open(directory / "collection") as col:
         with col.writer_lock():
-            report = index_paths(col, [photos])
+            report = index_paths(col, [photos], progress=progress)
         print(f"indexed: added {report.added}, unchanged {report.unchanged}, "
               f"skipped {len(report.problems)}")
         hits = search(col, query_from_images(col, [query]), k=5)

@@ -174,16 +174,20 @@ def train_concepts(col: Collection, *, name: str = DEFAULT_MODEL, vocab: str = "
                    vectors: str | None = "glove", overwrite: bool = False, log: Log = _quiet,
                    **kw: Any) -> Any:
     """Train and save a scene model on the collection's stored features and tags."""
+    from cbir import extras
     from cbir.concepts.scene_model import train_scene_model
     from cbir.train.registry import check_name
 
     check_name(name)
+    extras.require("training concept classifiers", "train", ["torch"])
     if (concepts_dir(col) / f"{name}.json").exists() and not overwrite:
         raise InvalidRequest(f"a concept model named {name!r} exists; choose another --name, pass "
                              f"--overwrite, or delete it (`cbir concepts delete {name}`)")
     recs, feats = _records_and_features(col)
     concepts = image_concepts(recs, vocab)
     tags = [list(r.tags) for r in recs] if any(r.tags for r in recs) else None
+    if tags is not None:  # the text branch: its tag vectors load lazily, so check them before training
+        extras.require_vectors("the concepts' text branch", vectors)
     vec = None
     if tags is not None and vectors == "word2vec":  # skip-gram on the collection's own tags
         from cbir.concepts.tag_vectors import create_tag_vectors

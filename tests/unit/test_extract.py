@@ -101,7 +101,7 @@ def test_onnx_cache_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
 def test_export_without_torch_names_the_install(monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
-    with pytest.raises(BackendUnavailable, match=r"pip install torch==2\.13\.0 onnx"):
+    with pytest.raises(BackendUnavailable, match=r"pip install torch==2\.13\.0 'cbir\[train\]'"):
         onnx_export.export_onnx(out=tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
 

@@ -196,7 +196,7 @@ def import_torch() -> Any:
         import torch
     except ImportError:
         raise BackendUnavailable(
-            "training concept classifiers needs torch: pip install torch (CPU build)"
+            "training concept classifiers needs torch: pip install torch==2.13.0 'cbir[train]'"
         ) from None
     return torch
 

@@ -33,7 +33,8 @@ def _torch():
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dev/export dependency
-        raise BackendUnavailable("the concept losses need torch: pip install torch (CPU build)") from None
+        raise BackendUnavailable("the concept losses need torch: "
+                                 "pip install torch==2.13.0 'cbir[train]'") from None
     return torch
 
 

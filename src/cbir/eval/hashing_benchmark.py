@@ -185,6 +185,15 @@ def run(name: str, root: Path, *, methods: Sequence[str] = DEFAULT_METHODS,
     if unknown:
         raise InvalidRequest(f"unknown hashing method(s) {', '.join(unknown)}; choose from: auto, "
                              + ", ".join(HASHERS.names()))
+    weak = sorted({m for m in methods if m in TAG_METHODS} | ({auto_weak} if "auto" in methods else set()))
+    if weak or plot is not None:  # before the dataset is indexed: the packages each step needs
+        from cbir import extras
+
+        if weak:
+            extras.require(f"training {', '.join(weak)}", "train", ["torch"])
+            extras.require_vectors("weakly supervised hashing", vectors)
+        if plot is not None:
+            extras.require("the PR-curve plot", "plots")
     params = params or {}
     needs_regions = any(m in REGION_METHODS for m in methods) or (
         "auto" in methods and auto_weak in REGION_METHODS)

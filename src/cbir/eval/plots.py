@@ -1,6 +1,6 @@
 """PNG plots of evaluation results: precision-recall curves and generic line curves.
 
-matplotlib is optional (``pip install matplotlib``) and imported inside the functions.
+matplotlib is optional (``pip install 'cbir[plots]'``) and imported inside the functions.
 Figures are drawn with the object-oriented API on an Agg canvas (no pyplot, no global
 backend switch, no display needed), so plotting is safe in servers and threads.
 """
@@ -26,7 +26,7 @@ def _new_figure(size: tuple[float, float]) -> tuple[Any, Any]:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:  # pragma: no cover - depends on the environment
-        raise BackendUnavailable("plots need matplotlib: pip install matplotlib") from None
+        raise BackendUnavailable("plots need matplotlib: pip install 'cbir[plots]'") from None
     fig = Figure(figsize=size, dpi=100)
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot(1, 1, 1)

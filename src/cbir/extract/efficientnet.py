@@ -1,8 +1,10 @@
 """EfficientNet-Lite0 (ImageNet-1k) features through onnxruntime on the CPU.
 
-The ONNX graph is exported once from the pip-shipped PyTorch weights and cached (see
-``cbir.extract.onnx_export``); after that neither torch nor a network is needed.
-onnxruntime itself is imported only when the first batch is embedded.
+The ONNX graph ships inside the package (``models/efficientnet-lite0.onnx``, exported from
+the pip-shipped PyTorch weights by ``tools/export_model.py`` and checked against torch), so
+neither torch nor a network is needed. Only when that file is absent (a source tree without
+it) is the graph exported on first use and cached (see ``cbir.extract.onnx_export``), which
+needs the ``train`` extra. onnxruntime itself is imported only when the first batch is embedded.
 """
 
 from __future__ import annotations
@@ -29,6 +31,54 @@ DIM = 1280
 MEAN = 127.0
 STD = 128.0
 OUTPUTS = ("pooled", "logits", "regions")
+
+#: The exported graph shipped in the package, and its record (``tools/export_model.py``
+#: regenerates the file, checks it against torch and rewrites these three lines).
+PACKAGED_ONNX = "models/efficientnet-lite0.onnx"
+PACKAGED_ONNX_SIZE = 18614935
+PACKAGED_ONNX_SHA256 = "758439de1b444e1c9bbf54929c24a6ca593960e79ac7c9043e8e2a0ceef89753"
+
+
+def packaged_onnx_file() -> Path:
+    """Where the packaged ONNX model is (or would be) inside the installed package."""
+    return Path(str(resources.files("cbir.extract").joinpath(PACKAGED_ONNX)))
+
+
+def packaged_onnx() -> Path | None:
+    """The packaged ONNX model, checked against its recorded size and sha256; None if absent.
+
+    The hash is computed once per process and file version (``sha256_file`` memoises on
+    path, size and mtime). A file that does not match raises BackendUnavailable: a damaged
+    install is reported, never used.
+    """
+    from cbir.extract.onnx_export import sha256_file
+
+    path = packaged_onnx_file()
+    try:
+        size = path.stat().st_size
+    except OSError:  # absent (or not a plain file, e.g. inside a zip)
+        return None
+    if size != PACKAGED_ONNX_SIZE or sha256_file(path) != PACKAGED_ONNX_SHA256:
+        raise BackendUnavailable(
+            f"the packaged model {path} is damaged ({size} bytes; its size or sha256 differs from "
+            "the record in cbir.extract.efficientnet): reinstall cbir "
+            "(pip install --force-reinstall --no-deps cbir)")
+    return path
+
+
+def default_onnx_path(model_name: str = "efficientnet-lite0") -> Path:
+    """The ONNX model the extractor loads by default: the packaged file, else the cached export
+    (exported first if needed, which needs the ``train`` extra)."""
+    path = packaged_onnx()
+    if path is not None:
+        return path
+    from cbir.extract import onnx_export
+
+    try:
+        return onnx_export.ensure_onnx(model_name)
+    except BackendUnavailable as e:
+        raise BackendUnavailable(
+            f"this cbir install has no packaged model ({packaged_onnx_file()}), and {e}") from e
 
 
 @cache
@@ -58,8 +108,8 @@ class EfficientNetLite0:
     allow_spinning: let onnxruntime's idle threads busy-wait. Spinning helps a little when
         the model runs alone but steals the cores from decode threads in ``embed_files``,
         so it is off by default (measured in bench/bench_extract.py).
-    model_path: an ONNX file with the graph of ``onnx_export``; default: the cached export
-        (created on first use, which needs torch once).
+    model_path: an ONNX file with the graph of ``onnx_export``; default: the packaged model
+        (``default_onnx_path``: else the cached export, created on first use with torch).
     reducing_gap: Pillow's ``resize(reducing_gap=...)``: a cheap box reduction first when the
         image is much larger than 224 px (None disables it).
     """
@@ -96,7 +146,7 @@ class EfficientNetLite0:
     # -- onnxruntime -------------------------------------------------------------------
     @property
     def session(self) -> ort.InferenceSession:
-        """The onnxruntime session, created (and the model exported) on first use."""
+        """The onnxruntime session, created on first use."""
         if self._session is None:
             with self._lock:
                 if self._session is None:
@@ -121,7 +171,10 @@ class EfficientNetLite0:
         providers = ["CPUExecutionProvider"]
         if self.model_path is not None:
             return ort.InferenceSession(str(self.model_path), so, providers=providers)
-        path = onnx_export.ensure_onnx(self.name)
+        path = packaged_onnx()
+        if path is not None:
+            return ort.InferenceSession(str(path), so, providers=providers)
+        path = default_onnx_path(self.name)
         try:
             return ort.InferenceSession(str(path), so, providers=providers)
         except Exception:  # noqa: BLE001 - a damaged cache file: export again, once

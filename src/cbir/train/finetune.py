@@ -230,8 +230,10 @@ def finetune_from_folder(dataset: Path, *, name: str, registry: ModelRegistry,
                          on_epoch: EpochFn | None = None, stop: threading.Event | None = None,
                          warn: WarnFn | None = None) -> TrainResult:
     """Fine-tune on ``dataset`` (one sub-folder per class) and save ``name`` with its backbone."""
+    from cbir import extras
     from cbir.io.datasets import read_class_folders
 
+    extras.require("fine-tuning", "train")  # torch, onnx and the stock network: fail now
     cfg = config or TrainConfig()
     ft = finetune or FinetuneConfig()
     cfg.validate()
@@ -245,7 +247,8 @@ def finetune_from_folder(dataset: Path, *, name: str, registry: ModelRegistry,
     try:
         import onnx  # noqa: F401 - fail now, not after an hour of training
     except ImportError as e:
-        raise BackendUnavailable("fine-tuning exports the backbone with onnx: pip install onnx") from e
+        raise BackendUnavailable("fine-tuning exports the backbone with onnx: "
+                                 "pip install torch==2.13.0 'cbir[train]'") from e
 
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)

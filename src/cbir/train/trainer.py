@@ -173,7 +173,7 @@ def _import_torch() -> Any:
     try:
         import torch
     except ImportError as e:
-        raise BackendUnavailable("training needs torch: pip install torch==2.13.0 "
+        raise BackendUnavailable("training needs torch: pip install torch==2.13.0 'cbir[train]' "
                                  "(the CPU build; no GPU needed)") from e
     return torch
 
@@ -425,11 +425,15 @@ def train_from_folder(dataset: Path, *, name: str, registry: ModelRegistry,
     last backbone block(s) with torch; the model then brings its own extractor,
     ``finetuned:NAME`` (see :mod:`cbir.train.finetune`).
     """
+    from cbir import extras
     from cbir.eval.folder import eval_collection_dir, load_labelled_features
     from cbir.extract import DEFAULT_EXTRACTOR
     from cbir.extract.base import is_finetuned_name
     from cbir.io.datasets import read_class_folders
 
+    # before any image is decoded: fine-tuning needs the whole extra, a head torch alone
+    extras.require("fine-tuning" if finetune else "training a classifier", "train",
+                   None if finetune else ["torch"])
     cfg = config or TrainConfig()
     cfg.validate()
     if finetune:
