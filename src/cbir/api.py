@@ -51,6 +51,7 @@ def open(path: PathLike | None = None, *, extractor: str | None = None,  # noqa:
     collection raises CollectionError. Naming an extractor other than an existing
     collection's raises InvalidRequest. Use as a context manager, or call ``close()``.
     """
+    import cbir.train.apply  # noqa: F401  (installs the trained-model partition provider)
     from cbir.collection import Collection as _Core
 
     directory = _path(path) if path is not None else None

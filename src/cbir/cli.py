@@ -23,6 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from cbir import __version__
+from cbir.commands.common import (
+    add_filenames_option,
+    create_or_open_collection,
+    log_for,
+    open_collection,
+    output_mode,
+    positive_int,
+    print_json,
+    print_paths,
+    show_progress,
+)
 from cbir.errors import CbirError, InvalidRequest
 
 # OpenMP threads that spin while waiting steal the cores from decoding and from other
@@ -74,16 +85,6 @@ class _Parser(argparse.ArgumentParser):
         return ns
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
-    return v
-
-
 def _collection_path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a collection folder, got an empty path")
@@ -110,68 +111,27 @@ def _fraction(text: str) -> float:
     return v
 
 
-def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
-
-
-def _print_paths(paths: list[str]) -> int:
-    """``-f/--filenames``: one path per line, nothing else (for ``xargs``, ``feh`` ...)."""
-    for p in paths:
-        sys.stdout.write(p + "\n")
-    return EXIT_OK
-
-
-def _output(args: argparse.Namespace) -> str:
-    """"json", "filenames" or "table" for a command that prints hits."""
-    if getattr(args, "filenames", False):
-        if args.json:
-            raise InvalidRequest("--filenames prints paths only and --json prints JSON: give one of them")
-        return "filenames"
-    return "json" if args.json else "table"
-
-
-def _progress(args: argparse.Namespace) -> bool:
-    """Progress bars: on a terminal or with --progress, never with -q."""
-    if getattr(args, "quiet", False):
-        return False
-    if getattr(args, "progress", False):
-        return True
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def _log(args: argparse.Namespace) -> Any:
-    """Messages about the work going on (on stderr), unless -q."""
-    return (lambda m: None) if getattr(args, "quiet", False) else (lambda m: print(m, file=sys.stderr))
-
-
 def _open(args: argparse.Namespace):
-    from cbir.collection import Collection
-
-    return Collection.open(args.collection)
+    return open_collection(args.collection)
 
 
 # -- commands -----------------------------------------------------------------------------
 def cmd_index(args: argparse.Namespace) -> int:
-    from cbir.collection import Collection
     from cbir.indexing import index_paths
 
     for p in args.paths:
         if not os.path.lexists(p):
             raise InvalidRequest(f"{p}: no such file or folder")
-    with Collection.create_or_open(args.collection, args.extractor) as col, col.writer_lock():
+    with create_or_open_collection(args.collection, args.extractor) as col, col.writer_lock():
         if args.index_type:
             col.set_requested_index(args.index_type)
         report = index_paths(col, [Path(p) for p in args.paths], batch_size=args.batch_size,
                              commit_every=args.commit_every,
                              regions=args.regions, retry_errors=args.retry_errors,
-                             progress=_progress(args))
+                             progress=show_progress(args))
     d = report.as_dict()
     if args.json:
-        _print_json(d)
+        print_json(d)
     else:
         print(f"added {d['added']}, updated {d['updated']}, removed {d['removed']}, "
               f"unchanged {d['unchanged']}, duplicates {d['duplicates']}, "
@@ -192,7 +152,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise InvalidRequest("give a query image, or --like PATH for an image in the collection")
     if args.images and args.like:
         raise InvalidRequest("give query images or --like, not both")
-    output = _output(args)
+    output = output_mode(args)
     with _open(args) as col:
         need_regions = False
         if args.codes:
@@ -224,10 +184,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _print_hits(hits: list, output: str) -> int:
     if output == "json":
-        _print_json({"hits": [h.as_dict() for h in hits]})
+        print_json({"hits": [h.as_dict() for h in hits]})
         return EXIT_OK
     if output == "filenames":
-        return _print_paths([h.path for h in hits])
+        return print_paths([h.path for h in hits])
     if not hits:
         print("no results", file=sys.stderr)
         return EXIT_OK
@@ -246,10 +206,10 @@ def cmd_hash_train(args: argparse.Namespace) -> int:
     with _open(args) as col:
         res = codes.train(col, args.method, args.bits, name=args.name, tag_source=args.tags,
                           vectors=args.vectors, seed=args.seed, weak=args.weak,
-                          progress=_log(args),
+                          progress=log_for(args),
                           warn=lambda m: print(f"cbir: warning: {m}", file=sys.stderr))
     if args.json:
-        _print_json(res.as_dict())
+        print_json(res.as_dict())
     else:
         if res.choice:
             print(f"auto chose {res.choice['reason']}")
@@ -268,7 +228,7 @@ def cmd_hash_list(args: argparse.Namespace) -> int:
     with _open(args) as col:
         rows = codes.list_hashers(col)
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     elif not rows:
         print("no codes trained yet; try: cbir hash train --method itq --bits 64", file=sys.stderr)
     else:
@@ -283,7 +243,7 @@ def cmd_hash_delete(args: argparse.Namespace) -> int:
     with _open(args) as col, col.writer_lock():
         n = codes.delete(col, args.name)
     if args.json:
-        _print_json({"deleted": args.name, "codes": n})
+        print_json({"deleted": args.name, "codes": n})
     else:
         print(f"deleted {args.name} ({n} codes)")
     return EXIT_OK
@@ -293,7 +253,7 @@ def cmd_hash_methods(args: argparse.Namespace) -> int:
     from cbir.hashing import HASHERS
 
     if args.json:
-        _print_json(list(HASHERS.names()))
+        print_json(list(HASHERS.names()))
     else:
         print("\n".join(HASHERS.names()))
     return EXIT_OK
@@ -303,7 +263,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     with _open(args) as col:
         info = col.info()
     if args.json:
-        _print_json(info)
+        print_json(info)
         return EXIT_OK
     for key, value in info.items():
         if key == "error_reasons":
@@ -328,7 +288,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
         n = col.catalog.remove_paths(paths)
         col.index()
     if args.json:
-        _print_json({"removed": n, "not_in_collection": missing})
+        print_json({"removed": n, "not_in_collection": missing})
     else:
         print(f"removed {n} image(s)")
     return EXIT_OK if n or not args.paths else EXIT_PARTIAL
@@ -340,7 +300,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with _open(args) as col:
         result = verify(col, check_files=args.files)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print("consistent" if result["consistent"] else "INCONSISTENT")
         for p in result["problems"]:
@@ -355,9 +315,9 @@ def cmd_eval_folder(args: argparse.Namespace) -> int:
 
     result = evaluate_folder(Path(args.dataset), extractor=args.extractor,
                              collection_dir=args.collection, ks=args.ks,
-                             progress=_progress(args), warn=lambda m: print(m, file=sys.stderr))
+                             progress=show_progress(args), warn=lambda m: print(m, file=sys.stderr))
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(result["table"])
     return EXIT_OK
@@ -367,9 +327,10 @@ def cmd_eval_words(args: argparse.Namespace) -> int:
     from cbir.eval.words import evaluate_words
 
     result = evaluate_words(Path(args.dataset), extractor=args.extractor, collection_dir=args.collection,
-                            ks=args.ks, progress=_progress(args), warn=lambda m: print(m, file=sys.stderr))
+                            ks=args.ks, progress=show_progress(args),
+                            warn=lambda m: print(m, file=sys.stderr))
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(result["table"])
     return EXIT_OK
@@ -378,7 +339,7 @@ def cmd_eval_words(args: argparse.Namespace) -> int:
 def cmd_eval_hashing(args: argparse.Namespace) -> int:
     from cbir.eval.hashing_benchmark import run, write_json
 
-    log = _log(args)
+    log = log_for(args)
     dataset = args.dataset or ("folder" if args.root else None)
     if dataset is None:
         raise InvalidRequest("name a benchmark dataset, or give a folder-per-class dataset with "
@@ -394,7 +355,7 @@ def cmd_eval_hashing(args: argparse.Namespace) -> int:
                         methods=[m for m in args.methods.split(",") if m], bits=args.bits,
                         vectors=args.vectors, seed=seed,
                         relevance=[r for r in args.relevance.split(",") if r], plot=args.plot,
-                        log=log, progress=_progress(args), collection_dir=args.collection,
+                        log=log, progress=show_progress(args), collection_dir=args.collection,
                         auto_weak=args.weak, **extra))
     result = runs[0]
     if len(runs) > 1:
@@ -409,7 +370,7 @@ def cmd_eval_hashing(args: argparse.Namespace) -> int:
     if args.out:
         write_json(result, args.out)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(f"{result['dataset']}: {result['protocol']}")
         for kind, table in result["tables"].items():
@@ -423,7 +384,7 @@ def cmd_eval_hashing(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cbir.demo import run_demo
 
-    return run_demo(Path(args.dir), progress=_progress(args))
+    return run_demo(Path(args.dir), progress=show_progress(args))
 
 
 # -- parser -------------------------------------------------------------------------------
@@ -522,8 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also store 7x7 region features (needed by IDEA hashing; ~125 KB/image)")
     s.add_argument("--retry-errors", action="store_true",
                    help="try again files that failed before even if unchanged")
-    s.add_argument("--batch-size", type=_positive_int, default=32, help="images per inference batch")
-    s.add_argument("--commit-every", type=_positive_int, default=256,
+    s.add_argument("--batch-size", type=positive_int, default=32, help="images per inference batch")
+    s.add_argument("--commit-every", type=positive_int, default=256,
                    help="images per committed transaction (a crash loses at most one)")
     s.set_defaults(func=cmd_index)
 
@@ -531,18 +492,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="*", help="query image file(s); several are averaged")
     s.add_argument("--like", nargs="+", metavar="PATH",
                    help="query by image(s) already in the collection (no re-extraction)")
-    s.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
+    s.add_argument("-k", type=positive_int, default=10, help="number of results (default 10)")
     s.add_argument("--min-similarity", type=_fraction, default=0.0,
                    help="drop hits with similarity 1/(1+distance) below this")
     s.add_argument("--index-type", choices=index_types[1:], default=None,
                    help="search with this index instead of the collection's")
-    s.add_argument("--nprobe", type=_positive_int, default=None,
+    s.add_argument("--nprobe", type=positive_int, default=None,
                    help="partitions/lists to scan (ivf, class-partitioned): more = better recall")
     s.add_argument("--include-self", action="store_true",
                    help="with --like, keep the query images themselves in the results")
     s.add_argument("--codes", metavar="NAME", default=None,
                    help="search by learned binary codes (see `cbir hash list`) in Hamming space")
-    s.add_argument("--rerank", type=_positive_int, default=0, metavar="N",
+    s.add_argument("--rerank", type=positive_int, default=0, metavar="N",
                    help="with --codes: re-score the N nearest codes by their float features")
     add_filenames_option(s)
     s.set_defaults(func=cmd_search)
@@ -558,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--weak", default="wdht", metavar="METHOD",
                    help="with --method auto: the weakly supervised method it may choose "
                         "(default wdht)")
-    h.add_argument("--bits", type=_positive_int, default=32, help="code length, 8 to 128")
+    h.add_argument("--bits", type=positive_int, default=32, help="code length, 8 to 128")
     h.add_argument("--name", default=None, help="name of the codes (default METHOD-BITS)")
     h.add_argument("--tags", choices=["auto", "user", "machine"], default="auto",
                    help="weak supervision: user tags, the ImageNet labels, or user tags where "
@@ -595,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("dataset", help="folder with one sub-folder per class (e.g. Wang/Corel-1K)")
     e.add_argument("--extractor", choices=EXTRACTORS.names(), default=DEFAULT_EXTRACTOR,
                    help=f"feature extractor (default {DEFAULT_EXTRACTOR})")
-    e.add_argument("--ks", type=lambda t: [_positive_int(x) for x in t.split(",")],
+    e.add_argument("--ks", type=lambda t: [positive_int(x) for x in t.split(",")],
                    default=[1, 5, 10, 20], help="cut-offs, comma-separated (default 1,5,10,20)")
     e.set_defaults(func=cmd_eval_folder)
     e = esub.add_parser("words", help="folder-per-class dataset searched by its class names "
@@ -603,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("dataset", help="folder with one sub-folder per class; the folder names are the queries")
     e.add_argument("--extractor", choices=EXTRACTORS.names(), default=DEFAULT_EXTRACTOR,
                    help="feature extractor (built-in concepts need efficientnet-lite0's classes)")
-    e.add_argument("--ks", type=lambda t: [_positive_int(x) for x in t.split(",")],
+    e.add_argument("--ks", type=lambda t: [positive_int(x) for x in t.split(",")],
                    default=[10, 20], help="cut-offs, comma-separated (default 10,20)")
     e.set_defaults(func=cmd_eval_words)
 
@@ -629,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(what `cbir hash train --method auto` would train)")
     e.add_argument("--weak", default="wdht", metavar="METHOD",
                    help="the weakly supervised method auto may choose (default wdht)")
-    e.add_argument("--bits", type=lambda t: [_positive_int(x) for x in t.split(",")],
+    e.add_argument("--bits", type=lambda t: [positive_int(x) for x in t.split(",")],
                    default=[12, 16, 24, 32, 48, 64], help="code lengths, comma-separated")
     e.add_argument("--vectors", choices=["word2vec", "glove", "minilm"], default="glove",
                    help="tag vectors (default glove; word2vec on a few thousand short tag lists "
@@ -656,12 +617,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_options(p, top=True)
     _add_completers(p)
     return p
-
-
-def add_filenames_option(s: argparse.ArgumentParser) -> None:
-    """``-f/--filenames`` (as rclip has) for a command that prints hits."""
-    s.add_argument("-f", "--filenames", action="store_true",
-                   help="print only the hits' paths, one per line (for piping)")
 
 
 def _add_completers(parser: argparse.ArgumentParser) -> None:

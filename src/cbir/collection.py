@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,21 +27,47 @@ import numpy as np
 from cbir.errors import CollectionError, InvalidRequest
 from cbir.extract import DEFAULT_EXTRACTOR, FeatureExtractor, create_extractor
 from cbir.index import VectorIndex, choose_index, create_index, load_index
+from cbir.paths import default_collection_dir  # noqa: F401  (re-exported: cbir.collection.default_collection_dir)
 from cbir.store import Catalog, Manifest, WriterLock, read_manifest, write_manifest
 from cbir.store.catalog import CATALOG_NAME
 from cbir.store.manifest import MANIFEST_NAME, write_json_atomic
 
 AUTO = "auto"
 
+#: catalog meta key naming the trained model whose classes partition the index (`cbir models use`);
+#: written and read by :mod:`cbir.train.apply`, which is also the partition provider (below)
+PARTITION_MODEL_KEY = "partition_model"
 
-def default_collection_dir() -> Path:
-    """``$CBIR_COLLECTION``, else the per-user data dir (e.g. ~/.local/share/cbir/default)."""
-    env = os.environ.get("CBIR_COLLECTION")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
 
-    return Path(platformdirs.user_data_dir("cbir")) / "default"
+@dataclass(frozen=True)
+class PartitionProvider:
+    """How a trained model partitions the class-partitioned index.
+
+    The collection sits below the training code, so it cannot import it: :mod:`cbir.train.apply`
+    registers itself here with :func:`set_partition_provider` when it is imported, and the top
+    layers (``cbir.cli``/``cbir.commands``, ``cbir.api``, ``cbir.service``) import it before they
+    open a collection.
+    """
+
+    #: ``load_model(col)``: the collection's partitioning model, or None if none is in use
+    load_model: Callable[[Collection], Any]
+    #: ``partition_kwargs(col, model, ids)``: the ``index.add`` keyword arguments for ``ids``
+    partition_kwargs: Callable[[Collection, Any, np.ndarray], dict[str, Any]]
+
+
+_partition_provider: PartitionProvider | None = None
+
+
+def set_partition_provider(provider: PartitionProvider | None) -> PartitionProvider | None:
+    """Install the trained-model partition provider (None removes it); returns the previous one."""
+    global _partition_provider
+    previous, _partition_provider = _partition_provider, provider
+    return previous
+
+
+def partition_provider() -> PartitionProvider | None:
+    """The installed partition provider, or None."""
+    return _partition_provider
 
 
 def check_collection_path(directory: Path) -> None:
@@ -259,19 +286,28 @@ class Collection:
         return bool(len(stale) or len(new))
 
     def partition_model(self) -> Any:
-        """The trained classifier chosen with `cbir models use` to partition the index, or None."""
-        from cbir.train.apply import load_used_model
+        """The trained classifier chosen with `cbir models use` to partition the index, or None.
 
-        return load_used_model(self)
+        Raises CollectionError when the catalog names a model but no partition provider is
+        installed (never falls back to ImageNet classes behind the user's back).
+        """
+        if not self.catalog.get_meta(PARTITION_MODEL_KEY):
+            return None
+        provider = _partition_provider
+        if provider is None:
+            raise CollectionError(
+                f"collection {self.directory} partitions its index by a trained model "
+                "(`cbir models use`), but the training code is not loaded: import cbir.train.apply "
+                "first (cbir.open, the CLI and the service do), or run `cbir models use --none`")
+        return provider.load_model(self)
 
     def _add_kwargs(self, idx: VectorIndex, ids: np.ndarray) -> dict[str, Any]:
         if idx.name != "class-partitioned":
             return {}
         model = self.partition_model()
         if model is not None:  # the tables follow the trained model's classes
-            from cbir.train.apply import partition_kwargs
-
-            return partition_kwargs(self, model, ids)
+            assert _partition_provider is not None  # partition_model() checked it
+            return _partition_provider.partition_kwargs(self, model, ids)
         recs = self.catalog.records(ids)
         classes = np.array([recs[int(i)].top_class if recs[int(i)].top_class is not None else -1
                             for i in ids], dtype=np.int64)

@@ -17,15 +17,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cbir.cli import _log, _output, _positive_int, _print_json, _print_paths, _progress, add_filenames_option
+from cbir.commands.common import (
+    add_filenames_option,
+    log_for,
+    open_collection,
+    output_mode,
+    positive_int,
+    print_json,
+    print_paths,
+    show_progress,
+)
 
 EXIT_OK = 0
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from cbir.collection import Collection
-
-    return Collection.open(args.collection)
+    return open_collection(args.collection)
 
 
 def cmd_concepts_train(args: argparse.Namespace) -> int:
@@ -33,7 +40,7 @@ def cmd_concepts_train(args: argparse.Namespace) -> int:
 
     with _open(args) as col:
         model = train_concepts(col, name=args.name, vocab=args.vocab, vectors=args.vectors,
-                               overwrite=args.overwrite, log=_log(args), min_count=args.min_count,
+                               overwrite=args.overwrite, log=log_for(args), min_count=args.min_count,
                                max_size=args.max_size, min_support=args.min_support, k_rc=args.k_rc,
                                seed=args.seed)
     summary = {"name": model.name, "concepts": len(model.concepts),
@@ -41,7 +48,7 @@ def cmd_concepts_train(args: argparse.Namespace) -> int:
                "weights": [round(float(w), 4) for w in model.weights], "k_rc": model.k_rc,
                "train_seconds": model.meta.get("train_seconds")}
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         w = summary["weights"]
         print(f"concept model {model.name!r}: {summary['concepts']} concepts, {summary['concept_sets']} "
@@ -56,7 +63,7 @@ def cmd_concepts_list(args: argparse.Namespace) -> int:
     with _open(args) as col:
         rows = list_concept_models(col)
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     elif not rows:
         print("no concept model; train one with `cbir concepts train`")
     else:
@@ -81,7 +88,7 @@ def cmd_concepts_show(args: argparse.Namespace) -> int:
             "concept_sets": m.vocabulary.n_itemsets, "trained_at": m.meta.get("trained_at"),
             "fusion": m.meta.get("fusion", {}).get("queries"), "few_images": weak_concepts(m)}
     if args.json:
-        _print_json(info)
+        print_json(info)
     else:
         print(f"{m.name}: {len(m.concepts)} concepts from {info['vocab']}, "
               f"{info['concept_sets']} concept sets, K_rc {m.k_rc}, text branch "
@@ -102,7 +109,7 @@ def cmd_concepts_delete(args: argparse.Namespace) -> int:
         if not delete_concept_model(col, args.name):
             raise InvalidRequest(f"no concept model named {args.name!r}")
     if args.json:
-        _print_json({"deleted": args.name})
+        print_json({"deleted": args.name})
     else:
         print(f"deleted concept model {args.name!r}")
     return EXIT_OK
@@ -111,14 +118,14 @@ def cmd_concepts_delete(args: argparse.Namespace) -> int:
 def cmd_scene(args: argparse.Namespace) -> int:
     from cbir.scenes import scene_search
 
-    output = _output(args)
+    output = output_mode(args)
     with _open(args) as col:
         res = scene_search(col, " ".join(args.query), k=args.k, model_name=args.model)
     if output == "json":
-        _print_json(res.as_dict())
+        print_json(res.as_dict())
         return EXIT_OK
     if output == "filenames":
-        return _print_paths([h.path for h in res.hits])
+        return print_paths([h.path for h in res.hits])
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"scene: {' + '.join(res.query)}  (model {res.model})")
@@ -136,7 +143,7 @@ def cmd_tags(args: argparse.Namespace) -> int:
         rows = predict_concepts(col, [Path(p) for p in args.images], model_name=args.model, top=args.top,
                                 min_probability=args.min_probability)
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return EXIT_OK
     for r in rows:
         print(r["path"] + (f"  (tags read: {', '.join(r['tags_read'])})" if r["tags_read"] else ""))
@@ -152,12 +159,12 @@ def cmd_eval_scenes(args: argparse.Namespace) -> int:
     settings = ["mixed"] if args.protocol == "mixed" else [s for s in args.settings.split(",") if s]
     result = run(args.dataset, args.root or Path(".data") / args.dataset,
                  settings=settings, k_rcs=args.k_rc,
-                 per_size=args.queries, seed=args.seed, vectors=args.vectors, log=_log(args),
-                 progress=_progress(args), tagged_fraction=args.tagged_fraction)
+                 per_size=args.queries, seed=args.seed, vectors=args.vectors, log=log_for(args),
+                 progress=show_progress(args), tagged_fraction=args.tagged_fraction)
     if args.out:
         write_json(result, args.out)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         for setting, table in result["tables"].items():
             s = result["settings"][setting.split(" (")[0]]
@@ -168,7 +175,7 @@ def cmd_eval_scenes(args: argparse.Namespace) -> int:
 
 
 def _ints(text: str) -> list[int]:
-    return [_positive_int(x) for x in text.split(",") if x]
+    return [positive_int(x) for x in text.split(",") if x]
 
 
 def add_eval_parser(esub: Any) -> None:
@@ -186,7 +193,7 @@ def add_eval_parser(esub: Any) -> None:
     e.add_argument("--tagged-fraction", type=float, default=0.3,
                    help="--protocol mixed: share of images that keep their keywords as tags (default 0.3)")
     e.add_argument("--k-rc", type=_ints, default=[2, 4, 8, 16], help="K_rc values for the ablation")
-    e.add_argument("--queries", type=_positive_int, default=500, help="random queries per length 2-4")
+    e.add_argument("--queries", type=positive_int, default=500, help="random queries per length 2-4")
     e.add_argument("--vectors", choices=["glove", "word2vec", "minilm"], default="glove",
                    help="tag vectors for the text branch (default glove)")
     e.add_argument("--seed", type=int, default=0, help="seed of the random queries (default 0)")
@@ -205,10 +212,10 @@ def register(sub: Any, parser_class: Any) -> None:
     c.add_argument("--name", default="scenes", help="the model's name (default scenes)")
     c.add_argument("--vectors", choices=["glove", "word2vec", "minilm", "none"], default="glove",
                    help="tag vectors for the text branch and for synonyms in queries")
-    c.add_argument("--min-count", type=_positive_int, default=2, help="images a concept needs (default 2)")
-    c.add_argument("--max-size", type=_positive_int, default=4, help="largest concept set in V* (t)")
-    c.add_argument("--min-support", type=_positive_int, default=3, help="images a concept set needs (s)")
-    c.add_argument("--k-rc", type=_positive_int, default=8, help="size of the query context R_rc")
+    c.add_argument("--min-count", type=positive_int, default=2, help="images a concept needs (default 2)")
+    c.add_argument("--max-size", type=positive_int, default=4, help="largest concept set in V* (t)")
+    c.add_argument("--min-support", type=positive_int, default=3, help="images a concept set needs (s)")
+    c.add_argument("--k-rc", type=positive_int, default=8, help="size of the query context R_rc")
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     c.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
     c.set_defaults(func=cmd_concepts_train)
@@ -224,7 +231,7 @@ def register(sub: Any, parser_class: Any) -> None:
 
     s = sub.add_parser("scene", help="images that show ALL the given concepts, best first")
     s.add_argument("query", nargs="+", help='concepts, e.g. "sky water boats" or "sky, water, boat"')
-    s.add_argument("-k", type=_positive_int, default=20, help="number of results (default 20)")
+    s.add_argument("-k", type=positive_int, default=20, help="number of results (default 20)")
     s.add_argument("--model", default=None, help="concept model name (default: the only one / 'scenes')")
     add_filenames_option(s)
     s.set_defaults(func=cmd_scene)
@@ -232,7 +239,7 @@ def register(sub: Any, parser_class: Any) -> None:
     s = sub.add_parser("tags", help="predicted concepts with probabilities for image files")
     s.add_argument("images", nargs="+", help="image files")
     s.add_argument("--model", default=None, help="concept model name (default: the only one / 'scenes')")
-    s.add_argument("--top", type=_positive_int, default=10, help="concepts listed per image (default 10)")
+    s.add_argument("--top", type=positive_int, default=10, help="concepts listed per image (default 10)")
     s.add_argument("--min-probability", type=float, default=0.0,
                    help="leave out concepts less probable than this (default 0)")
     s.set_defaults(func=cmd_tags)

@@ -22,7 +22,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cbir.cli import _output, _positive_int, _print_json, _print_paths, _progress, add_filenames_option
+from cbir.commands.common import (
+    add_filenames_option,
+    open_collection,
+    output_mode,
+    positive_int,
+    print_json,
+    print_paths,
+    show_progress,
+)
 from cbir.errors import InvalidRequest
 
 EXIT_OK = 0
@@ -80,10 +88,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                                  "elsewhere)")
         extractor = extractor or have
     cfg = _train_config(args, finetune=False)
-    with _EpochBar(not _progress(args), "training") as bar:
+    with _EpochBar(not show_progress(args), "training") as bar:
         res = train_from_folder(dataset, name=args.name, registry=_registry(args), extractor=extractor,
                                 config=cfg, trained_by=args.trained_by, overwrite=args.overwrite,
-                                progress=_progress(args), on_epoch=bar, warn=_warn)
+                                progress=show_progress(args), on_epoch=bar, warn=_warn)
     return _report(args, res)
 
 
@@ -163,7 +171,7 @@ def _train_finetune(args: argparse.Namespace, dataset: Path) -> int:
     with _EpochBar(args.quiet, "fine-tuning", per_epoch=True) as bar:
         res = finetune_from_folder(dataset, name=args.name, registry=_registry(args), config=cfg,
                                    finetune=ft, trained_by=args.trained_by, overwrite=args.overwrite,
-                                   progress=_progress(args), on_epoch=bar, warn=_warn)
+                                   progress=show_progress(args), on_epoch=bar, warn=_warn)
     code = _report(args, res)
     if not args.json:
         from cbir.collection import default_collection_dir
@@ -187,7 +195,7 @@ def _report(args: argparse.Namespace, res: Any) -> int:
         summary["total_seconds"] = m.get("total_seconds")
     summary["path"] = str(_registry(args).meta_path(args.name))
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         acc = "n/a" if m["val_accuracy"] is None else f"{m['val_accuracy']:.1%}"
         what = f"{m['head']['type']} head"
@@ -207,7 +215,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     reg = _registry(args)
     rows = reg.list()
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     elif not rows:
         print(f"no models in {reg.directory}; train one with `cbir train FOLDER --name NAME`",
               file=sys.stderr)
@@ -228,7 +236,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     meta = _registry(args).meta(args.name)
     if args.json:
-        _print_json(meta)
+        print_json(meta)
         return EXIT_OK
     for key, value in meta.items():
         if key == "curve":
@@ -240,17 +248,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _open_collection(args: argparse.Namespace) -> Any:
-    from cbir.collection import Collection
-
-    return Collection.open(args.collection)
+    return open_collection(args.collection)
 
 
 def _maybe_collection(args: argparse.Namespace) -> Any:
-    from cbir.collection import Collection, default_collection_dir
+    from cbir.collection import default_collection_dir
     from cbir.store.manifest import MANIFEST_NAME
 
     directory = Path(args.collection or default_collection_dir())
-    return Collection.open(directory) if (directory / MANIFEST_NAME).exists() else None
+    return open_collection(directory) if (directory / MANIFEST_NAME).exists() else None
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -269,7 +275,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if col is not None:
             col.close()
     if args.json:
-        _print_json(res)
+        print_json(res)
     else:
         note = "; the collection's index goes back to ImageNet classes" \
             if res["collection_stopped_using_it"] else ""
@@ -290,7 +296,7 @@ def cmd_curves(args: argparse.Namespace) -> int:
         plot_curves(meta, Path(args.out))
         print(f"wrote {args.out}", file=sys.stderr)
     if args.json:
-        _print_json(curves(meta))
+        print_json(curves(meta))
     return EXIT_OK
 
 
@@ -301,7 +307,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     with _open_collection(args) as col:
         rows = label_collection(col, model, top=args.top)
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return EXIT_OK
     if not rows:
         print("the collection has no images", file=sys.stderr)
@@ -319,14 +325,14 @@ def cmd_use(args: argparse.Namespace) -> int:
         if args.none:
             was = stop_using(col)
             if args.json:
-                _print_json({"model": None, "was_using_a_model": was})
+                print_json({"model": None, "was_using_a_model": was})
             else:
                 print("the class-partitioned index uses ImageNet classes"
                       + ("" if was else " (it already did)"))
         else:
             use_model(col, _registry(args), args.name)
             if args.json:
-                _print_json({"model": args.name})
+                print_json({"model": args.name})
             else:
                 print(f"recorded {args.name} as the model whose classes partition the collection")
     return EXIT_OK
@@ -338,7 +344,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if bool(args.images) == bool(args.like):
         raise InvalidRequest("give query image(s), or --like PATH for an image in the collection")
-    output = _output(args)
+    output = output_mode(args)
     model = _registry(args).load(args.name)
     with _open_collection(args) as col:
         query = query_from_members(col, args.like) if args.like else \
@@ -346,10 +352,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         hits = search_with_model(col, model, query, k=args.k, beta=args.beta, depth=args.depth,
                                  partitioned=args.partitioned, n_partitions=args.nprobe)
     if output == "json":
-        _print_json({"hits": [h.as_dict() for h in hits]})
+        print_json({"hits": [h.as_dict() for h in hits]})
         return EXIT_OK
     if output == "filenames":
-        return _print_paths([h.hit.path for h in hits])
+        return print_paths([h.hit.path for h in hits])
     if not hits:
         print("no results", file=sys.stderr)
     else:
@@ -378,13 +384,13 @@ def register(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     s.add_argument("--name", required=True, help="model name (letters, digits, '.', '_', '-')")
     s.add_argument("--head", choices=HEADS, default="mlp",
                    help="linear, or mlp (one hidden layer; default)")
-    s.add_argument("--hidden", type=_positive_int, default=512, help="mlp hidden units (default 512)")
+    s.add_argument("--hidden", type=positive_int, default=512, help="mlp hidden units (default 512)")
     s.add_argument("--dropout", type=_float_in(0.0, 0.95), default=0.3,
                    help="mlp dropout rate, 0 to 0.95 (default 0.3)")
-    s.add_argument("--epochs", type=_positive_int, default=None,
+    s.add_argument("--epochs", type=positive_int, default=None,
                    help="maximum epochs; early stopping usually ends sooner (default 100, "
                    "with --finetune 15)")
-    s.add_argument("--patience", type=_positive_int, default=None,
+    s.add_argument("--patience", type=positive_int, default=None,
                    help="stop after this many epochs without a better validation score "
                    "(default 8, with --finetune 4)")
     s.add_argument("--monitor", choices=MONITOR, default="val_loss",
@@ -393,7 +399,7 @@ def register(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
                    help="held-out share per class for validation (stratified, seeded; default 0.2)")
     s.add_argument("--balance", choices=BALANCE, default="weights",
                    help="class balancing: weighted loss (default), balanced sampler, or none")
-    s.add_argument("--batch-size", type=_positive_int, default=64, help="examples per step (default 64)")
+    s.add_argument("--batch-size", type=positive_int, default=64, help="examples per step (default 64)")
     s.add_argument("--lr", type=_float_in(1e-7, 10.0), default=1e-3,
                    help="learning rate (AdamW; with --finetune, of the head's warm-up)")
     s.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and order "
@@ -403,12 +409,12 @@ def register(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
                    "head on a fine-tuned model's features")
     s.add_argument("--trained-by", default=None, help="who trained it (default: your user name)")
     s.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
-    s.add_argument("--threads", type=_positive_int, default=1,
+    s.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads while training (default 1: leaves the other cores free)")
     s.add_argument("--finetune", action="store_true",
                    help="also fine-tune the last backbone block(s) with torch (slow on a CPU); the "
                    "model gets its own extractor, finetuned:NAME, to index a new collection with")
-    s.add_argument("--finetune-blocks", type=_positive_int, default=1, metavar="N",
+    s.add_argument("--finetune-blocks", type=positive_int, default=1, metavar="N",
                    help="with --finetune: the last N MBConv blocks are trained, with the conv head "
                    "(1 to 5; default 1)")
     s.add_argument("--finetune-lr", type=_float_in(1e-7, 1.0), default=1e-4,
@@ -438,7 +444,7 @@ def register(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     m.set_defaults(func=cmd_curves)
     m = msub.add_parser("label", parents=[common], help="label the collection's images with a model")
     m.add_argument("name", help=model_name)
-    m.add_argument("--top", type=_positive_int, default=3, help="classes listed per image in --json")
+    m.add_argument("--top", type=positive_int, default=3, help="classes listed per image in --json")
     m.set_defaults(func=cmd_label)
     m = msub.add_parser("use", parents=[common],
                         help="partition the collection's class-partitioned index by a model's classes")
@@ -450,13 +456,13 @@ def register(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     m.add_argument("name", help=model_name)
     m.add_argument("images", nargs="*", help="query image file(s)")
     m.add_argument("--like", nargs="+", metavar="PATH", help="query by image(s) in the collection")
-    m.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
+    m.add_argument("-k", type=positive_int, default=10, help="number of results (default 10)")
     m.add_argument("--beta", type=_float_in(0.0, 100.0), default=0.5,
                    help="weight of the class agreement (0 = plain cosine order; default 0.5)")
-    m.add_argument("--depth", type=_positive_int, default=100, help="candidates re-ranked")
+    m.add_argument("--depth", type=positive_int, default=100, help="candidates re-ranked")
     m.add_argument("--partitioned", action="store_true",
                    help="candidates from tables of the model's predicted classes only")
-    m.add_argument("--nprobe", type=_positive_int, default=1,
+    m.add_argument("--nprobe", type=positive_int, default=1,
                    help="with --partitioned: classes scanned (default 1)")
     add_filenames_option(m)
     m.set_defaults(func=cmd_search)

@@ -42,6 +42,7 @@ from cbir.atomic import atomic_write_json
 from cbir.errors import BackendUnavailable, CollectionError, InvalidRequest
 from cbir.extract.base import FINETUNED_PREFIX, Embedding, l2_normalize
 from cbir.extract.efficientnet import INPUT_SIZE, EfficientNetLite0
+from cbir.paths import default_models_dir
 
 PREFIX = FINETUNED_PREFIX
 BASE = "efficientnet-lite0"
@@ -113,8 +114,6 @@ def search_dirs(model: str, models_dir: Path | str | None = None) -> list[Path]:
     """The folders searched for ``model``, in order (see the module docstring)."""
     if models_dir is not None:
         return [Path(models_dir)]
-    from cbir.train.registry import default_models_dir
-
     dirs = [Path(p).expanduser() for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p]
     dirs.append(default_models_dir())
     pointed = _read_pointer(model)
@@ -228,8 +227,8 @@ def import_torch() -> Any:
     try:
         import torch
     except ImportError as e:
-        raise BackendUnavailable("fine-tuning needs torch and onnx: pip install torch==2.13.0 onnx "
-                                 "(the CPU build; no GPU needed)") from e
+        raise BackendUnavailable("fine-tuning needs torch and onnx: pip install torch==2.13.0 "
+                                 "'cbir[train]' (the CPU build; no GPU needed)") from e
     return torch
 
 
@@ -241,7 +240,7 @@ def load_torch_backbone() -> Any:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
         raise BackendUnavailable("fine-tuning needs efficientnet-lite-pytorch: "
-                                 "pip install efficientnet-lite-pytorch") from e
+                                 "pip install torch==2.13.0 'cbir[train]'") from e
     from cbir.extract.onnx_export import weights_path
 
     with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
@@ -382,7 +381,8 @@ def export_finetuned(net: Any, model: str, *, atol: float = DEFAULT_ATOL, seed: 
     try:
         import onnx
     except ImportError as e:
-        raise BackendUnavailable("exporting the fine-tuned backbone needs onnx: pip install onnx") from e
+        raise BackendUnavailable("exporting the fine-tuned backbone needs onnx: "
+                                 "pip install torch==2.13.0 'cbir[train]'") from e
     import onnxruntime as ort
 
     from cbir.extract.onnx_export import sha256_file, weights_path

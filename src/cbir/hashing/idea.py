@@ -1,90 +1,18 @@
 """IDEA: context-aware deep weakly supervised hashing ("idea", "idea-l", "idea-a").
 
-After Liu et al. (idea-context-aware-weak-hashing.txt), on precomputed region features
-(the backbone is never trained here). For image i with regions ``R`` (n_regions x c, the
-7 x 7 grid flattened to 49 rows):
+After Liu et al. (idea-context-aware-weak-hashing.txt), on precomputed region features (the
+backbone is never trained here). Regions are standardised, reduced by a fixed PCA and a
+learned projection, pooled by parameter-free context attention (eqs. 1-3, scaled by
+``1/sqrt(p)`` by default so the softmax does not saturate), and fed to the hash head
+(eq. 4), a tag-vector head (eq. 10) and a tag-prediction head (eq. 12); loss eq. (6), code
+eq. (13): bit = ``h1 > 0.5``. ``idea-l`` drops the tag-prediction loss, ``idea-a`` replaces
+the attention by average pooling. With ``lambdas=None`` the loss weights are picked on a
+validation split scored by tag-overlap relevance (never class labels).
 
-* Input standardisation (ours): every region channel is centred and scaled by the mean
-  and standard deviation of the training regions (estimated on a sample of images),
-  stored with the model. Pooled CNN features share a large common component; without
-  this the network's outputs start almost equal for every image, the pairwise loss L2
-  (whose gradient vanishes at ``h1_i = h1_j``) cannot separate them and the quantisation
-  loss L1 then saturates every image to the same code (seen on synthetic data: 1 distinct
-  code, mAP at chance).
-* Reduction (ours, for speed): the standardised regions are projected on their top
-  ``pca_dim`` (256) principal directions, a fixed PCA estimated on a sample of training
-  regions and stored with the model. Training computes the reduced regions once and keeps
-  them as float16 (n x 49 x 256 x 2 bytes: 125 MB for 5,000 images), then converts one
-  minibatch at a time to float32. ``pca_dim=None`` (or >= c) skips it.
-* Learned projection: ``X = Z P`` with a learned ``P`` (pca_dim x proj_dim, no bias;
-  default 256 x 256): what the parameter-free attention attends to is learned through
-  ``P``. Learning ``P`` straight from the 1280-d regions (``pca_dim=None``) costs about
-  five times more per epoch (the 1280 x 256 product over 49 regions per image dominates).
-  ``proj_dim=None`` drops ``P`` (then the attention is a fixed function of the inputs).
-* Context attention, eqs. (1)-(3): ``A = softmax(X X^T / sqrt(p))`` row-wise (over the
-  regions a region attends to), ``X~ = A X``, ``X_bar = X + X~``, ``x = mean over regions of
-  X_bar``. The paper writes ``softmax(X X^T)``; with 256-d (or 2048-d) features the raw
-  products are large and the softmax saturates to (nearly) the identity: each region
-  attends to itself, ``X~ ~ X`` and the context term does nothing. Measured on the test's
-  synthetic regions (projected to 256-d): mean largest attention weight 0.99 (diagonal
-  0.96) raw, 0.50 with the scale, before and after training. So by default we scale by
-  ``1/sqrt(p)`` (as in Transformer attention); ``scale_attention=False`` gives the
-  paper's literal form.
-* Hash head, eq. (4): ``h~ = ReLU(W1 x + b1)`` (512 units by default; the paper's 256:
-  ``hidden=256``), ``h1 = sigmoid(W2 h~ + b2)``
-  (bits). Eq. (10): ``h2 = tanh(W3 h~ + b3)``, in the tag-vector space (tag_vectors.dim).
-  Eq. (12): ``p = softmax(W4 x + b4)`` over the tag vocabulary.
-* Tag encoder, eq. (5): ``t_i`` = the mean of the image's tag vectors (tags without a
-  vector dropped; images with none take part in L1 only), then (ours, ``center_tags=True``)
-  minus the mean of ``t`` over the tagged training images, in L2 and L3 alike. Pretrained
-  word vectors share a large common direction, so the cosines of raw ``t_i`` are all
-  high: on Corel-5K (GloVe) L2's target ``(1 - cos) / 2`` has median 0.19 (same category
-  0.10), against 0.5 for unrelated random codes, so L2 asks every pair to agree on ~80 %
-  of the bits and the codes crowd into a small Hamming ball (12 bits: ~2 bits apart on
-  average). Centred, the median is 0.51 (same category 0.27).
-* Training length and width (ours): 30 epochs (not 10) and 512 hidden units (not 256).
-  Measured on a validation split of the Corel-5K training images (500 held-out images
-  query the other 4,000, which train the model; lambdas (1, 10, 0.01); category
-  relevance mAP at 12 / 32 bits): paper form, 10 epochs 0.145 / 0.206; centred 0.202 /
-  0.227; centred, 30 epochs 0.213 / 0.260; centred, 30 epochs, 512 units 0.223 / 0.282
-  (ITQ 0.184 / 0.260). Keyword relevance rises the same way (0.358 / 0.416 -> 0.409 /
-  0.455). Without centring, 40 epochs do not help (0.140 / 0.201).
-* Loss, eq. (6): ``L = l1 L1 + L2 + l3 L3 + l4 L4`` per minibatch (50 images, as the
-  paper), with the paper's sums (see :mod:`cbir.hashing.losses`). The paper's
-  "balance parameters 10, 10 and 0.01" are, in order, ``(l1, l3, l4)``: quantisation 10,
-  hinge 10, tag prediction 0.01. Optimiser: Adam (the paper: SGD, momentum 0.9).
-* Code, eq. (13): ``b = (sgn(h1 - 0.5) + 1) / 2``, i.e. bit = ``h1 > 0.5`` (at exactly
-  0.5, where sgn is 0 and eq. (13) gives 1/2, the bit is 0, as ``project > 0`` elsewhere).
-
-Ablations: ``idea-l`` has no tag-prediction loss (l4 = 0, and no W4 head at all);
-``idea-a`` replaces the context attention by average pooling of the projected regions
-(``x = mean(X)``; the paper's "x = avg_pooling(X_bar)" for IDEA-A can only mean the
-regions without the context term, else it would be IDEA itself).
-
-**Choosing (l1, l3, l4)** (``lambdas=None``, the default): a small grid (``grid``; by
-default the paper's (10, 10, 0.01) first, then (1, 10, 0.01), (10, 1, 0.01), (10, 10, 1);
-idea-l sets l4 = 0 and drops duplicates) is scored on a validation split of the tagged
-training images (``val_fraction``, default 0.2, at most 2,000 images): a model trained
-for ``grid_epochs`` (default ``epochs // 2``) on the rest encodes the validation images,
-and the criterion is the mAP (convention "all", full ranking, the query itself left out)
-of their Hamming ranking against **tag-overlap relevance** (two images are relevant when
-they share at least one known tag). Only the weak supervision is used, never class labels.
-The best setting (the earliest on ties) is then trained on all the images for ``epochs``.
-Every setting's validation mAP is saved in the file's header (``state.train.grid``).
-Pass ``lambdas=[l1, l3, l4]`` to skip the search. ``progress(epoch, loss)`` reports the
-final training's epochs, not the grid's.
-
-fit(features (n, d) float32, regions=(n, n_regions, c) float16/float32, tags=n lists of
-str, tag_vectors=TagVectorsLike, progress=None); regions are converted to float32 one
-minibatch at a time (a memory map works; the reduced regions are then cached, see
-above). ``features`` (the pooled vectors) are only checked: the image encoder reads the
-regions. encode(features, regions=...) needs the
-regions too and raises InvalidRequest without them. To encode one large database with
-several models, reduce its regions once (``z = model.reduce(regions)``, float16, 5x
-smaller) and call ``encode(features, reduced=z)`` on every model whose
-``reduction_key()`` matches: models fitted on the same images with the same seed share it.
-Both paths round the reduced regions to float16, as training does, so they give the same
-codes.
+``fit``/``encode`` need ``regions=`` (n, n_regions, c); ``reduce`` + ``encode(reduced=)``
+shares one reduction between models with the same ``reduction_key()``. Each deviation from
+the paper (standardisation, centred tag vectors, attention scale, 30 epochs, 512 units) and
+its measurements: docs/hashing-idea.md.
 """
 
 from __future__ import annotations

@@ -1,65 +1,18 @@
 """What a weak supervision says against the features, which hasher to train, and whether codes collapsed.
 
-**The measurement** (:func:`measure_supervision`, no class labels needed). On a seeded
-sample of at most ``sample`` (2,000) tagged images: the pairwise tag similarity of eqs.
-(1)-(2) of the weakly supervised hashing paper (mean Tanimoto similarity of the tag
-vectors, :meth:`cbir.hashing.weak.TagSets.similarity`), and the pairs it calls similar
-(``s > 0.4``, WDHT's threshold: what WDHT pulls together; IDEA's pairwise loss follows
-the same similarity). Then:
+* :func:`measure_supervision` (no class labels needed): on a seeded sample of tagged images,
+  the share of pairs the tags call similar (``positive_share``), how well feature cosine
+  ranks tag-similar partners against chance (``agreement``, ``kappa``), and the share of
+  machine tags (``machine_share``).
+* ``tags_carry_less`` / :func:`choose_method`: fall back to ITQ when there is nothing to
+  learn, the tags are mostly machine tags, they call more than ``POSITIVE_MAX`` of pairs
+  similar, or ``kappa < KAPPA_MIN``. With class ``labels`` the report adds label-based
+  numbers, for information only: the decision never uses labels.
+* :func:`code_stats`: distinct codes and per-bit ones; codes collapsed when there is room
+  for distinct codes but fewer than ``COLLAPSE_DISTINCT`` of the images have one, or a bit
+  is nearly constant (``CONSTANT_BIT``).
 
-* ``positive_share``: the share of pairs the tags call similar. 0 leaves a weak hasher
-  nothing to pull together; above ``POSITIVE_MAX`` (half of all pairs) the tags call
-  almost everything similar and the codes crowd together.
-* ``agreement``: for each image, rank the other sample images by feature cosine and take
-  the average precision of its tag-similar partners; the mean over images with at least
-  one. ``chance`` is the same for a random ranking (exact expectation of AP with R
-  relevant among N, per image), and ``kappa = (agreement - chance) / (1 - chance)``: 0
-  when the images the tags call similar are no closer in feature space than random
-  pairs, 1 when every one of them is ranked before every other image.
-* ``machine_share``: the share of the tagged images whose tags are machine tags (the
-  backbone's ImageNet top-5 labels, used when an image has no user tag).
-
-**The criterion** (``tags_carry_less``; :func:`choose_method` picks ITQ then): the tags
-carry less than the features when
-
-1. fewer than 2 images have a tag with a vector, or no pair is tag-similar: nothing to learn;
-2. most tagged images (``>= MACHINE_MAX``) have only machine tags. They are computed from
-   these same features by the backbone's ImageNet head, so they cannot carry anything the
-   features lack; they agree with the feature neighbours (kappa is high: any function of
-   the features does) but only through a coarse 1,000-word vocabulary that need not fit the
-   collection's own classes. Learning from them alone has stayed under ITQ wherever it was
-   measured (mAP@5000 at 32 bits): CIFAR-10 (0.379 against 0.457), Wang (0.86 against 0.94),
-   Corel-5K's categories as folders (0.21 against 0.26), a 17-class photo set (0.18 against
-   0.57). This is a prior, not a measurement: without
-   class labels no statistic of two views can tell which one ranks the classes better
-   (on Wang, machine tags agree with the features almost as well as the class names do,
-   kappa 0.55 against 0.78, yet rank the classes far worse: class mAP 0.73 against 1.0,
-   the features 0.89);
-3. the tags call more than ``POSITIVE_MAX`` of the pairs similar; or
-4. ``kappa < KAPPA_MIN`` (0.15): the tag-similar pairs are barely closer in feature space
-   than random pairs, so the tags look unrelated to what the images show. Measured
-   (samples of 2,000 training images, or all 900 of Wang's; GloVe vectors): Corel-5K
-   keywords 0.22 (their class mAP 0.33 beats the features' 0.27, and WDHT beats ITQ); with
-   the keywords of 30 % / 60 % of the images swapped for other images' 0.10 / 0.02 (class
-   mAP 0.15 / 0.05); tags shuffled across images 0.00; Wang's class names as tags 0.78,
-   with 20 % / 50 % of them wrong 0.44 / 0.13 (class mAP 0.59 / 0.24, the features 0.90).
-
-Otherwise the (user) tags are taken to add to the features. With class ``labels`` (an
-evaluation), the report also holds the label-based numbers of
-``bench/bench_weak_supervision.py``: the class mAP of ranking by tag similarity and by
-feature cosine, and per similarity threshold the share of pairs above it and how many of
-those are same-class pairs against the base rate. They are information only: the
-decision never uses labels, as ``cbir hash train`` has none.
-
-**Collapse** (:func:`code_stats`): the number of distinct codes and the fraction of ones
-per bit. Codes collapsed when ``2**bits >= n**2`` (random codes would be all distinct but
-for one pair or so) and there are fewer distinct codes than ``COLLAPSE_DISTINCT`` (half) of
-the n images, or when a bit is the same in more than ``CONSTANT_BIT`` (95 %) of the images
-(a wasted bit). Measured on Wang (1,000 images of 10 tight classes; distinct share at 16 /
-32 / 64 bits): ITQ 26 / 64 / 96 %, LSH and PCAH 74-100 %, WDHT on machine tags 33 / 48 /
-57 % (largest bucket: 99 images, a whole class, at every length); the 1,360-image photo set
-of the issue had 560 distinct 32-bit WDHT codes (41 %). Clustered data legitimately shares
-codes at short lengths (ITQ at 16 bits on Wang), hence the room condition.
+Why these thresholds, with the measurements (Corel-5K, Wang, CIFAR-10): docs/hashing-supervision.md.
 """
 
 from __future__ import annotations

@@ -1,82 +1,18 @@
 """Weakly supervised deep hashing from user tags ("wdht") and its supervised fine-tuning.
 
-After Hu et al., *Research on image retrieval based on weakly-supervised deep learning*
-(weakly-supervised-deep-hashing.txt). We train heads on precomputed CNN features, never
-the backbone.
+After Hu et al., *Research on image retrieval based on weakly-supervised deep learning*.
+Heads are trained on precomputed CNN features, never the backbone.
 
-**Stage 1, "wdht"** (weak supervision: tags + tag vectors):
+* Stage 1, "wdht": an MLP (standardised inputs, sigmoid outputs) trained with the
+  contrastive loss of eq. (3) on in-batch pairs whose similarity is the Tanimoto form of
+  eqs. (1)-(2) over tag vectors (:class:`TagSets`); margin ``0.5 sqrt(bits)`` by default
+  (``margin=1.0`` is the paper's). Codes, eq. (5): bit = 1 where the output is >= 0.5.
+* Stage 2, "ws-dsh" / "ws-hashnet": the same network fine-tuned on class labels or
+  multi-labels with DSH's or HashNet's loss.
 
-* Pair similarity, eqs. (1)-(2): ``s(i, j) = 1/(m n) sum_k sum_l sim(v_ik, v_jl)`` with the
-  Tanimoto form ``sim(x, y) = x.y / (|x|^2 + |y|^2 - x.y)``; ``s > threshold`` (0.4) is
-  similar, anything else (``s <= 0.4``; the paper leaves ``= 0.4`` open) dissimilar.
-  Tags without a vector are dropped (as ``tag_vectors.encode`` does); images left with no
-  tag contribute no pair and are not sampled.
-* Pair sampling that scales: each epoch shuffles the tagged images into minibatches and
-  uses every pair inside a minibatch (O(n * batch) pairs per epoch; no n x n matrix). The
-  in-batch similarity comes from per-image tag index lists (CSR) and the Tanimoto matrix
-  of the tags present in the batch (:class:`TagSets`).
-* Model: MLP on the features, ``d -> hidden (ReLU, dropout) -> bits``, sigmoid, after a
-  fixed per-dimension standardisation of the inputs (training mean and standard
-  deviation, saved with the model): CNN features share a large common component, and
-  centring them lets the codes separate from the first epoch. Loss:
-  eq. (3) contrastive loss on the plain Euclidean distance of the sigmoid outputs (see
-  :mod:`cbir.hashing.losses`), averaged over the in-batch pairs. Adam (the paper uses SGD
-  with momentum; Adam needs no schedule for a small head).
-* Margin (ours): ``lambda = 0.5 sqrt(bits)`` by default, not the paper's ``lambda = 1``
-  (``margin=1.0`` gives the paper's). Two binary codes at Hamming distance ``h`` lie
-  ``sqrt(h)`` apart in [0, 1]^bits, so ``lambda = 1`` only asks dissimilar pairs to differ
-  in one bit, whatever the code length: a few bits satisfy the loss and the others are
-  left constant (on Corel-5K at 32 and 64 bits most bits were 0 or 1 for > 90 % of the
-  images) and mAP stops growing with the code length. ``0.5 sqrt(bits)`` asks for a
-  quarter of the bits (unrelated random codes differ in half). Measured on a validation
-  split of the Corel-5K training images (500 held out as queries, 4,000 as training set
-  and database; category relevance / keyword relevance, 12, 32, 64 bits): lambda = 1
-  0.214/0.377, 0.222/0.411, 0.222/0.420; 0.5 sqrt(bits) 0.260/0.391, 0.299/0.437,
-  0.302/0.456; ITQ 0.184/0.365, 0.260/0.406, 0.275/0.403 (0.4 sqrt(bits): slightly
-  higher keyword mAP, about 0.02 lower category mAP; 0.6 and 0.7 lower on both).
-* Codes, eq. (5): bit = 1 where the sigmoid output is ``>= 0.5`` (``project`` returns
-  ``output - 0.5``, exact in float32 near 0.5, and ``encode`` keeps ``>= 0``).
-
-**Stage 2, "ws-dsh" / "ws-hashnet"** (supervised fine-tuning, "WS-DSH" in the paper):
-start from a stage-1 model (trained inside ``fit`` from ``tags`` + ``tag_vectors``, or read
-from ``init=<path of a saved wdht>``) and fine-tune the same network on pairs defined by
-``labels``: (n,) class ids (same class = similar; negative ids = unlabelled, left out) or
-(n, L) 0/1 multi-labels (share a label = similar; all-zero rows left out). Minibatches of
-labelled images, every in-batch pair. The code rule of eq. (5) is unchanged (``u >= 0``,
-u the pre-sigmoid output).
-
-Stage 1 inside ws-dsh / ws-hashnet keeps the paper's margin (``margin=1.0`` unless
-given): as an initialisation for label fine-tuning the wider wdht margin made no
-consistent difference (synthetic test data, 3 seeds, 32 bits: DSH -0.002 to +0.022,
-HashNet -0.014 to +0.001; CIFAR-10, 1,000 queries against 10,000 database images, 16 / 64
-bits: DSH -0.019 / +0.009, HashNet -0.008 / -0.000; both starts scaled as below), so the
-fine-tuned methods stay as they were. When stage 1 used a margin above 1 (e.g. ``init=``
-a default wdht), the output layer is first scaled down (codes unchanged) so that the
-median |u| over the labelled images is at most 1 (``state.train.stage2_logit_scale``):
-the wide margin saturates the sigmoid (synthetic data: median |u| ~3.5, against 0.65
-with lambda = 1), and DSH / HashNet fine-tuning from saturated outputs ended 0.03-0.08
-mAP lower there; scaled, it ends level with the lambda = 1 start (the synthetic numbers
-above). After a lambda = 1 stage 1 nothing is scaled: on CIFAR-10 (median |u| ~5-6
-there too) scaling changed the fine-tuned mAP by -0.013 to +0.008, noise.
-
-Relaxed codes of stage 2:
-
-* DSH (margin 2 * bits, alpha 0.01) on ``b = u``, DSH's own linear output layer whose
-  ``|| |b| - 1 ||_1`` term pulls the outputs to +-1 (``relax="sigmoid"``: ``b = 2 sigmoid(u)
-  - 1`` instead; it saturates, and items that stage 1 put in the wrong cluster get stuck
-  where the sigmoid is flat: on the synthetic test data, 3 seeds, it ends 0.02-0.03 mAP
-  below ``b = u``, which gains 0.18-0.24 over wdht).
-* HashNet (alpha 10 / bits, class-balanced weights) on ``h = tanh(beta u / 2)`` (= 2
-  sigmoid(u) - 1 at beta = 1) with HashNet's continuation ``beta = sqrt(1 + 0.005 step)``
-  (``continuation=False``: beta = 1).
-
-Determinism: weights, dropout and batch order come from ``seed`` (torch's RNG is forked,
-so the caller's is untouched); torch runs ``threads`` intra-op threads (default 1; a
-different count may change the last bits of float sums). ``fit(..., progress=cb)`` calls
-``cb(epoch, mean loss)`` after every epoch (stage-2 epochs continue stage 1's numbering);
-the curve, timings and pair statistics are saved in the file's JSON header (``state``).
-
-Torch is imported only inside fit / encode / load (:mod:`cbir.hashing.training`).
+Deterministic from ``seed``; torch is imported only inside fit / encode / load
+(:mod:`cbir.hashing.training`). Why the margin, the stage-2 scaling and the relaxations
+are what they are, with the measurements: docs/hashing-weak.md.
 """
 
 from __future__ import annotations
@@ -126,7 +62,8 @@ def _training() -> Any:
     try:
         from cbir.hashing import training
     except ImportError:  # pragma: no cover - torch is a dev dependency
-        raise BackendUnavailable("the trained hashers need torch: pip install torch (CPU build)") from None
+        raise BackendUnavailable("the trained hashers need torch: "
+                                 "pip install torch==2.13.0 'cbir[train]'") from None
     return training
 
 

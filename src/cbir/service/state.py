@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+import cbir.train.apply  # noqa: F401  (installs the trained-model partition provider)
 from cbir.collection import AUTO, Collection
 from cbir.errors import CollectionError, InvalidRequest
 from cbir.extract import FeatureExtractor, create_extractor

@@ -212,6 +212,7 @@ def _writer_lock(col: Any, progress: Progress, stop: Any) -> Any:
 
 
 def _open(collection: str, extractor: str | None) -> Any:
+    import cbir.train.apply  # noqa: F401  (installs the trained-model partition provider)
     from cbir.collection import Collection
     from cbir.store.manifest import MANIFEST_NAME
 

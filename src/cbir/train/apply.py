@@ -4,10 +4,11 @@
 * Class-partitioned index driven by the model instead of ImageNet top-1:
   ``model_classes`` / ``partition_kwargs`` give each image's predicted class, ``query_probs``
   the query's class probabilities, ``partitioned_index_from_model`` builds the whole index.
-  ``use_model`` records the collection's choice (catalog meta ``partition_model``) so the
-  collection can wire it: ``Collection._add_kwargs`` calls ``partition_kwargs(col,
-  load_used_model(col), ids)`` when a model is in use, and ``search`` passes
-  ``query_probs(model, query)`` to a class-partitioned index.
+  ``use_model`` records the collection's choice (catalog meta ``partition_model``). Importing
+  this module installs ``PARTITION_PROVIDER`` into :mod:`cbir.collection` (which sits below the
+  training code and cannot import it): ``Collection._add_kwargs`` then calls
+  ``partition_kwargs(col, load_used_model(col), ids)`` when a model is in use, and ``search``
+  passes ``query_probs(model, query)`` to a class-partitioned index.
 * Re-ranking: the top ``depth`` candidates by cosine are re-scored as
   ``score = cosine + beta * p_model(class_q | hit)``, where ``class_q`` is the query's most
   probable class under the model and ``p_model(. | hit)`` the hit's predicted probabilities.
@@ -25,15 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from cbir.collection import Collection
+from cbir.collection import PARTITION_MODEL_KEY, Collection, PartitionProvider, set_partition_provider
 from cbir.errors import CollectionError, IndexMismatch, InvalidRequest
 from cbir.extract.base import is_finetuned_name
 from cbir.search import Hit, Query, distance_from_cosine
 from cbir.train.model import ClassifierModel
 from cbir.train.registry import ModelRegistry, check_name
 
-#: catalog meta key holding the model that drives the class-partitioned index (JSON)
-PARTITION_MODEL_KEY = "partition_model"
 _CHUNK = 20_000
 
 
@@ -260,3 +259,9 @@ def delete_model(registry: ModelRegistry, name: str, col: Collection | None = No
             unused = stop_using(col)
     registry.delete(name)
     return {"deleted": name, "collection_stopped_using_it": unused}
+
+
+# Importing this module makes trained models partition collections (cbir.collection cannot
+# import the training code; the CLI, cbir.open and the service import this module instead).
+PARTITION_PROVIDER = PartitionProvider(load_model=load_used_model, partition_kwargs=partition_kwargs)
+set_partition_provider(PARTITION_PROVIDER)

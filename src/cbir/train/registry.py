@@ -40,11 +40,11 @@ import numpy as np
 
 from cbir.atomic import atomic_write_bytes
 from cbir.errors import CbirError, CollectionError, InvalidRequest
+from cbir.paths import MODELS_DIRNAME, default_models_dir  # noqa: F401  (re-exported)
 from cbir.store.manifest import write_json_atomic
 from cbir.train.model import FORMAT_VERSION, ClassifierModel
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-MODELS_DIRNAME = "models"
 
 
 def check_name(name: str) -> str:
@@ -53,13 +53,6 @@ def check_name(name: str) -> str:
         raise InvalidRequest(f"model name {name!r} must be 1-64 letters, digits, '.', '_' or '-', "
                              "starting with a letter or digit (no '/' or '..')")
     return name
-
-
-def default_models_dir(collection_dir: Path | None = None) -> Path:
-    """``<collection>/models`` (the collection defaults as for every command)."""
-    from cbir.collection import default_collection_dir
-
-    return Path(collection_dir or default_collection_dir()) / MODELS_DIRNAME
 
 
 def _sha256(data: bytes) -> str:
