@@ -153,14 +153,27 @@ def cmd_tags(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_scenes(args: argparse.Namespace) -> int:
+    from cbir.errors import InvalidRequest
     from cbir.eval.hashing_benchmark import write_json
-    from cbir.eval.scenes import run
+    from cbir.eval.scenes import run, run_collection
 
     settings = ["mixed"] if args.protocol == "mixed" else [s for s in args.settings.split(",") if s]
-    result = run(args.dataset, args.root or Path(".data") / args.dataset,
-                 settings=settings, k_rcs=args.k_rc,
-                 per_size=args.queries, seed=args.seed, vectors=args.vectors, log=log_for(args),
-                 progress=show_progress(args), tagged_fraction=args.tagged_fraction)
+    if args.labels is not None:  # any collection (-c) with a labels file or its own tags as truth
+        from cbir.paths import default_collection_dir
+
+        if args.dataset is not None:
+            raise InvalidRequest("give either a benchmark name or --labels (with -c COLLECTION), not both")
+        args.dataset = str(args.collection or default_collection_dir())
+        result = run_collection(Path(args.dataset), args.labels, settings=settings, k_rcs=args.k_rc,
+                                per_size=args.queries, seed=args.seed, vectors=args.vectors,
+                                log=log_for(args), tagged_fraction=args.tagged_fraction)
+    else:
+        if args.dataset is None:
+            raise InvalidRequest("give a benchmark (corel5k) or --labels FILE|tags for the collection (-c)")
+        result = run(args.dataset, args.root or Path(".data") / args.dataset,
+                     settings=settings, k_rcs=args.k_rc,
+                     per_size=args.queries, seed=args.seed, vectors=args.vectors, log=log_for(args),
+                     progress=show_progress(args), tagged_fraction=args.tagged_fraction)
     if args.out:
         write_json(result, args.out)
     if args.json:
@@ -183,7 +196,12 @@ def add_eval_parser(esub: Any) -> None:
     from cbir.eval.scenes import SETTINGS
 
     e = esub.add_parser("scenes", help="the SSIR paper's MAP table by query length (1-4 concepts)")
-    e.add_argument("dataset", choices=["corel5k"], help="the benchmark (Corel-5K)")
+    e.add_argument("dataset", nargs="?", choices=["corel5k"], default=None,
+                   help="the benchmark (Corel-5K); or leave out and give --labels for your collection")
+    e.add_argument("--labels", default=None, metavar="CSV|tags",
+                   help="evaluate the collection (-c) instead: a CSV of 'path,label1;label2' lines (paths "
+                        "relative to the CSV), or 'tags' to take the images' own tags as the truth; a seeded "
+                        "20%% of the labelled images are ranked, the others train the model")
     e.add_argument("--root", type=Path, default=None, help="the extracted dataset (default .data/DATASET)")
     e.add_argument("--settings", default=",".join(SETTINGS),
                    help="visual (the real data) and/or noisy-tags (simulated user tags); comma-separated")
