@@ -20,7 +20,8 @@ def test_labels_csv_is_read_relative_to_its_folder(tmp_path) -> None:
     csv = tmp_path / "labels.csv"
     csv.write_text("path,labels\na/x.jpg,Sky;water\n/abs/y.jpg,boats\n")
     got = read_labels_csv(csv)
-    assert got == {str((tmp_path / "a" / "x.jpg").resolve()): ["sky", "water"], "/abs/y.jpg": ["boat"]}  # cleaned like tags
+    # labels are cleaned like tags ("boats" -> "boat")
+    assert got == {str((tmp_path / "a" / "x.jpg").resolve()): ["sky", "water"], "/abs/y.jpg": ["boat"]}
 
 
 def test_eval_scenes_on_a_collection_with_a_labels_file(tmp_path, capsys) -> None:
