@@ -86,18 +86,24 @@ def load_image(
         jpeg = isinstance(im, JpegImagePlugin.JpegImageFile)
         if target_size and jpeg and min(w, h) >= 2 * target_size:
             im.draft("RGB", (target_size, target_size))
-        _decode(im, label)
-        orientation = _orientation(im)
-        try:
-            rgb = _to_rgb(im)
-        except (ValueError, OSError) as e:
-            raise InvalidImage(label, f"cannot convert colour mode {im.mode} to RGB ({e})") from e
-        except MemoryError as e:
-            raise InvalidImage(label, "not enough memory to decode the image") from e
-        if orientation in _TRANSPOSE:
-            rgb = rgb.transpose(_TRANSPOSE[orientation])
+        rgb = _upright_rgb(im, label)
         rgb.info = {k: v for k, v in im.info.items() if k not in _STALE_INFO}
         return rgb
+
+
+def _upright_rgb(im: Image.Image, label: str) -> Image.Image:
+    """Decode ``im``'s pixels (no-op when loaded), convert to RGB, apply EXIF orientation."""
+    _decode(im, label)
+    orientation = _orientation(im)
+    try:
+        rgb = _to_rgb(im)
+    except (ValueError, OSError) as e:
+        raise InvalidImage(label, f"cannot convert colour mode {im.mode} to RGB ({e})") from e
+    except MemoryError as e:
+        raise InvalidImage(label, "not enough memory to decode the image") from e
+    if orientation in _TRANSPOSE:
+        rgb = rgb.transpose(_TRANSPOSE[orientation])
+    return rgb
 
 
 def image_size(
@@ -131,15 +137,7 @@ def from_pil(image: Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise InvalidImage(name, f"not a PIL image ({type(image).__name__})")
     w, h = image.size
     _check_pixels(name, w, h, max_pixels)
-    _decode(image, name)  # a lazily opened image loads here; loading twice is a no-op
-    orientation = _orientation(image)
-    try:
-        rgb = _to_rgb(image)
-    except (ValueError, OSError) as e:
-        raise InvalidImage(name, f"cannot convert colour mode {image.mode} to RGB ({e})") from e
-    if orientation in _TRANSPOSE:
-        rgb = rgb.transpose(_TRANSPOSE[orientation])
-    return rgb
+    return _upright_rgb(image, name)  # a lazily opened image loads there; twice is a no-op
 
 
 def _label(source: str | Path | bytes, name: str | None) -> str:
