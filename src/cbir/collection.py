@@ -190,7 +190,7 @@ class Collection:
 
         (A single query is fastest with all cores in one session, which ``extractor`` keeps.)
         """
-        if self.manifest.extractor != "efficientnet-lite0":
+        if self.manifest.extractor not in ("efficientnet-lite0", "efficientnet-lite0-int8"):
             return self.extractor
         ext = create_extractor(self.manifest.extractor, intra_op_num_threads=1)
         self.manifest.check_extractor(ext.name, ext.dim, ext.preprocessing)

@@ -1,7 +1,8 @@
 """Feature extractors: protocol, registry and the built-in backbones.
 
-Importing this package registers "efficientnet-lite0" and "colorhist" without importing
-torch or onnxruntime (onnxruntime loads on the first ``embed``; torch only to export).
+Importing this package registers "efficientnet-lite0", the opt-in "efficientnet-lite0-int8"
+and "colorhist" without importing torch or onnxruntime (onnxruntime loads on the first
+``embed``; torch only to export).
 """
 
 from cbir.extract import colorhist as _colorhist  # noqa: F401 - registers "colorhist"

@@ -38,10 +38,37 @@ PACKAGED_ONNX = "models/efficientnet-lite0.onnx"
 PACKAGED_ONNX_SIZE = 18614935
 PACKAGED_ONNX_SHA256 = "758439de1b444e1c9bbf54929c24a6ca593960e79ac7c9043e8e2a0ceef89753"
 
+#: The int8 graph (static QDQ, per-channel weights) built from the fp32 one by
+#: ``tools/quantize_model.py``, which rewrites these two lines.
+PACKAGED_INT8_ONNX = "models/efficientnet-lite0-int8.onnx"
+PACKAGED_INT8_ONNX_SIZE = 5075153
+PACKAGED_INT8_ONNX_SHA256 = "b9ef539e1a75339a82563b970739bd142da738e1f11cf05cac808bf2deb9609a"
 
-def packaged_onnx_file() -> Path:
-    """Where the packaged ONNX model is (or would be) inside the installed package."""
-    return Path(str(resources.files("cbir.extract").joinpath(PACKAGED_ONNX)))
+
+def packaged_onnx_file(rel: str = PACKAGED_ONNX) -> Path:
+    """Where a packaged ONNX model is (or would be) inside the installed package."""
+    return Path(str(resources.files("cbir.extract").joinpath(rel)))
+
+
+def packaged_int8_onnx() -> Path | None:
+    """The packaged int8 model, checked against its record (like ``packaged_onnx``)."""
+    return _checked(packaged_onnx_file(PACKAGED_INT8_ONNX), PACKAGED_INT8_ONNX_SIZE,
+                    PACKAGED_INT8_ONNX_SHA256)
+
+
+def _checked(path: Path, want_size: int, want_sha256: str) -> Path | None:
+    from cbir.extract.onnx_export import sha256_file
+
+    try:
+        size = path.stat().st_size
+    except OSError:  # absent (or not a plain file, e.g. inside a zip)
+        return None
+    if size != want_size or sha256_file(path) != want_sha256:
+        raise BackendUnavailable(
+            f"the packaged model {path} is damaged ({size} bytes; its size or sha256 differs from "
+            "the record in cbir.extract.efficientnet): reinstall cbir "
+            "(pip install --force-reinstall --no-deps cbir)")
+    return path
 
 
 def packaged_onnx() -> Path | None:
@@ -51,19 +78,7 @@ def packaged_onnx() -> Path | None:
     path, size and mtime). A file that does not match raises BackendUnavailable: a damaged
     install is reported, never used.
     """
-    from cbir.extract.onnx_export import sha256_file
-
-    path = packaged_onnx_file()
-    try:
-        size = path.stat().st_size
-    except OSError:  # absent (or not a plain file, e.g. inside a zip)
-        return None
-    if size != PACKAGED_ONNX_SIZE or sha256_file(path) != PACKAGED_ONNX_SHA256:
-        raise BackendUnavailable(
-            f"the packaged model {path} is damaged ({size} bytes; its size or sha256 differs from "
-            "the record in cbir.extract.efficientnet): reinstall cbir "
-            "(pip install --force-reinstall --no-deps cbir)")
-    return path
+    return _checked(packaged_onnx_file(), PACKAGED_ONNX_SIZE, PACKAGED_ONNX_SHA256)
 
 
 def default_onnx_path(model_name: str = "efficientnet-lite0") -> Path:
@@ -231,3 +246,26 @@ class EfficientNetLite0:
             probs=softmax(res["logits"]),
             regions=res["regions"].astype(np.float32, copy=False) if regions else None,
         )
+
+
+@EXTRACTORS.register("efficientnet-lite0-int8")
+class EfficientNetLite0Int8(EfficientNetLite0):
+    """EfficientNet-Lite0 quantised to int8 (static QDQ, per-channel weights; opt-in).
+
+    Same preprocessing, outputs and dimensions as ``efficientnet-lite0``, but a different
+    extractor name, so a collection's manifest never mixes fp32 and int8 features. The graph
+    ships in the package (``models/efficientnet-lite0-int8.onnx``, built by
+    ``tools/quantize_model.py``); there is no export fallback. Arguments as for the fp32 class.
+    """
+
+    name = "efficientnet-lite0-int8"
+
+    def _create_session(self) -> ort.InferenceSession:
+        if self.model_path is None:
+            path = packaged_int8_onnx()
+            if path is None:
+                raise BackendUnavailable(
+                    f"this cbir install has no int8 model ({packaged_onnx_file(PACKAGED_INT8_ONNX)}"
+                    "): build it with tools/quantize_model.py, or use efficientnet-lite0")
+            self.model_path = path
+        return super()._create_session()
