@@ -111,6 +111,17 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _cosine(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a cosine similarity between -1 and 1, got {text!r}") from None
+    if not -1.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a cosine similarity between -1 and 1, got {v}")
+    return v
+
+
 def _open(args: argparse.Namespace):
     return open_collection(args.collection)
 
@@ -381,6 +392,40 @@ def cmd_eval_hashing(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    from cbir.duplicates import find_duplicates
+
+    if args.csv and args.json:
+        raise InvalidRequest("--csv and --json are two output formats: give one of them")
+    with _open(args) as col:
+        groups = find_duplicates(col, args.threshold, near=not args.exact_only)
+    if args.json:
+        print_json({"threshold": args.threshold, "groups": [g.as_dict() for g in groups]})
+        return EXIT_OK
+    if args.csv:
+        import csv
+
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(["group", "path", "keeper", "similarity"])
+        for g in groups:
+            for m in g.members:
+                w.writerow([g.number, m.path, int(m.keeper), f"{m.similarity:.4f}"])
+        return EXIT_OK
+    if not groups:
+        print("no duplicates found", file=sys.stderr)
+        return EXIT_OK
+    for g in groups:
+        print(f"group {g.number} ({g.kind}, {len(g.members)} images)")
+        for m in g.members:
+            res = f"{m.width}x{m.height}" if m.width and m.height else "?"
+            print(f"  {'keep' if m.keeper else '    '}  {m.similarity:>6.3f}  {res:>11}  "
+                  f"{m.size:>10}  {m.path}")
+    n = sum(len(g.members) - 1 for g in groups)
+    print(f"{len(groups)} group(s); {n} image(s) besides the suggested keepers (nothing deleted)",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cbir.demo import run_demo
 
@@ -609,6 +654,18 @@ def build_parser() -> argparse.ArgumentParser:
     from cbir.commands.concepts import add_eval_parser
 
     add_eval_parser(esub)
+
+    from cbir.duplicates import DEFAULT_THRESHOLD
+
+    s = sub.add_parser("duplicates", help="exact and near-duplicate images, grouped, with a "
+                       "suggested keeper (deletes nothing)")
+    s.add_argument("--threshold", type=_cosine, default=DEFAULT_THRESHOLD,
+                   help="near duplicates: cosine similarity of the L2-normalised features at or "
+                        f"above this (default {DEFAULT_THRESHOLD}, from bench/bench_duplicates.py; "
+                        "higher finds fewer)")
+    s.add_argument("--exact-only", action="store_true", help="only byte-identical files (sha256)")
+    s.add_argument("--csv", action="store_true", help="CSV: group, path, keeper (1/0), similarity")
+    s.set_defaults(func=cmd_duplicates)
 
     s = sub.add_parser("demo", help="index scikit-image's sample photos and run a search")
     s.add_argument("--dir", default=".demo", help="where to put the photos and the collection")
