@@ -286,18 +286,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
+    from cbir.indexing import remove_paths
+
     with _open(args) as col, col.writer_lock():
-        paths: list[str] = []
-        missing: list[str] = []
-        for p in args.paths:
-            states = col.catalog.file_states(under=os.path.abspath(p))
-            if not states:
-                missing.append(p)
-                if not args.json:
-                    print(f"cbir: {p} is not in the collection", file=sys.stderr)
-            paths += list(states)
-        n = col.catalog.remove_paths(paths)
-        col.index()
+        n, missing = remove_paths(col, args.paths)
+    if not args.json:
+        for p in missing:
+            print(f"cbir: {p} is not in the collection", file=sys.stderr)
     if args.json:
         print_json({"removed": n, "not_in_collection": missing})
     else:

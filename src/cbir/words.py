@@ -117,7 +117,7 @@ def resolve_words(query: str | Sequence[str], neighbours: Any | None = None) -> 
     seen: set[tuple[int, ...]] = set()
     for w in words:
         r = bc.resolve(w, neighbours=neighbours) if neighbours is not None else bc.resolve(w)
-        key = tuple(getattr(r, "concept_ids", (r.concept_id,)))
+        key = tuple(r.concept_ids)
         if key in seen:
             continue
         seen.add(key)
@@ -139,9 +139,7 @@ def evidence(matrix: Any, resolved: list[Any]) -> np.ndarray:
     from cbir.concepts.builtin import load_builtin
 
     bc = load_builtin()
-    if hasattr(bc, "resolved_scores"):
-        return np.asarray(bc.resolved_scores(matrix, resolved), dtype=np.float32)
-    return np.asarray(bc.concept_scores(matrix, [r.concept_id for r in resolved]), dtype=np.float32)
+    return np.asarray(bc.resolved_scores(matrix, resolved), dtype=np.float32)
 
 
 def rank(ev: np.ndarray) -> np.ndarray:
@@ -177,7 +175,7 @@ def word_search(col: Any, query: str | Sequence[str], *, k: int = 20, min_score:
     order = np.argsort(-scores, kind="stable")[:k]
     order = order[scores[order] > max(min_score, 0.0)]
     recs = col.catalog.records([int(ids[i]) for i in order])
-    labels = [bc.label(r.concept_id) if len(getattr(r, "concept_ids", (0,))) == 1 else r.name
+    labels = [bc.label(r.concept_id) if len(r.concept_ids) == 1 else r.name
               for r in resolved]
     hits = []
     for i in order:
