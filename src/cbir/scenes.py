@@ -314,7 +314,7 @@ def scene_search(col: Collection, query: str | Sequence[str], *, k: int = 20, mo
         tags = [r.tags for r in recs[part]] if model.text is not None else None
         post = model.posteriors(feats[part], tags, text_vec)
         comps[part] = model.components(q, post)
-        scores[part] = model.fuse(comps[part], post)
+        scores[part] = model.fuse(comps[part], post, q)
     order = np.argsort(-scores, kind="stable")[:k]
     order = order[scores[order] >= min_score]
     top = [recs[i] for i in order]

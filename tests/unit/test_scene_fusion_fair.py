@@ -82,3 +82,57 @@ def test_seeded_training_gives_identical_scores(model):
     for query in (["sky"], ["sky", "water"], CONCEPTS[:3]):
         np.testing.assert_array_equal(model.score(query, model._post), again.score(query, again._post))
     assert model.logodds == again.logodds
+
+
+def _partial_match_data(rng, n, drop):
+    """Tagged validation rows of 2-concept queries: the text head gives a concept missing from
+    the tags a fair probability (co-occurrence), so the text terms alone cannot tell a partial
+    match from a full one; ``drop``: the chance a user left a true concept out of the tags."""
+    y = rng.random(n) < 0.3
+    true_missing = np.where(y, 0, 1 + (rng.random(n) < 0.3))  # irrelevant rows lack 1 or 2 concepts
+    missing = np.where(y, (rng.random((n, 2)) < drop).sum(axis=1), true_missing).astype(float)
+    comp = np.empty((n, 4))
+    comp[:, 0] = np.clip(np.where(y, 0.6, 0.4) + 0.2 * rng.normal(size=n), 0.01, 0.99)
+    comp[:, 1] = comp[:, 0]
+    comp[:, 2] = np.clip(0.5 + 0.3 * rng.normal(size=n), 0.01, 0.99)  # uninformative text head
+    comp[:, 3] = np.clip(0.5 + 0.3 * rng.normal(size=n), 0.01, 0.99)
+    return comp, y, missing
+
+
+def test_concepts_missing_from_complete_tags_count_against_an_image():
+    rng = np.random.default_rng(1)
+    comp, y, missing = _partial_match_data(rng, 3000, drop=0.0)
+    fus = fit_logodds_fusion(comp, y.astype(int), None, np.ones(len(y), bool), missing=missing)
+    assert fus.joint is not None and fus.joint[4] < -2.0, fus  # complete tags: a missing concept is decisive
+    # a tagged image whose tags lack one query concept ranks below an untagged one that shows it,
+    # even with strong visual evidence and a text head that guesses the concept
+    both = np.array([[0.9, 0.9, 0.6, 0.6], [0.9, 0.9, 0.0, 0.0]])
+    s = fus.score(both, np.array([True, False]), np.array([1.0, 0.0]))
+    assert s[0] < s[1], s
+    # without the count (older models, or tags not known) the fusion is what it was
+    old = LogOddsFusion(fus.visual, fus.joint[:4])
+    assert old.joint[4] == 0.0
+    np.testing.assert_allclose(old.score(both, np.array([True, False])),
+                               old.score(both, np.array([True, False]), np.array([1.0, 0.0])))
+    assert LogOddsFusion.from_dict({"visual": list(fus.visual), "joint": list(fus.joint[:4])}) == old
+
+
+def test_sparse_tags_make_a_missing_concept_count_less():
+    rng = np.random.default_rng(2)
+    fits = {}
+    for drop in (0.0, 0.5):
+        comp, y, missing = _partial_match_data(rng, 3000, drop)
+        fits[drop] = fit_logodds_fusion(comp, y.astype(int), None, np.ones(len(y), bool), missing=missing)
+    assert fits[0.5].joint[4] > fits[0.0].joint[4]  # users who tag sparsely: an absent tag says less
+    assert fits[0.5].joint[4] <= 0.0
+
+
+def test_trained_model_counts_missing_tags_at_query_time(model):
+    x, _, tags, _ = _data(60, seed=5)
+    post = model.posteriors(x, tags, ToyVectors())
+    assert post.tag_concepts is not None and post.tag_concepts.shape == (60, len(model.concepts))
+    q = model.query(["sky", "water"])
+    miss = post.missing_tags(q)
+    want = [sum(c not in set(t) for c in ("sky", "water")) if h else 0 for t, h in zip(tags, post.has_text)]
+    np.testing.assert_array_equal(miss, want)
+    assert post.take(np.arange(5)).missing_tags(q).tolist() == want[:5]

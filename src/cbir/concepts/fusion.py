@@ -270,13 +270,19 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, weights: np.ndarray, lower: np.nd
 
 @dataclass(frozen=True)
 class LogOddsFusion:
-    """The two calibrated models above: ``visual = [b_v, w1, w2]``, ``joint = [b_t, u_v, u3, u4]``.
+    """The two calibrated models above: ``visual = [b_v, w1, w2]``, ``joint = [b_t, u_v, u3,
+    u4, u_m]``; ``u_m <= 0`` is the log-odds each query concept missing from a tagged image's
+    tags costs (0 in models fitted before it existed, which stored four numbers).
 
     joint is None without a text branch (every image is scored by the visual model).
     """
 
     visual: tuple[float, float, float]
-    joint: tuple[float, float, float, float] | None = None
+    joint: tuple[float, float, float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.joint is not None and len(self.joint) == 4:
+            object.__setattr__(self, "joint", (*self.joint, 0.0))
 
     def to_dict(self) -> dict[str, list[float] | None]:
         return {"visual": [float(v) for v in self.visual],
@@ -286,40 +292,51 @@ class LogOddsFusion:
     def from_dict(cls, d: dict[str, Any]) -> LogOddsFusion:
         v = d.get("visual")
         j = d.get("joint")
-        if v is None or len(v) != 3 or (j is not None and len(j) != 4):
+        if v is None or len(v) != 3 or (j is not None and len(j) not in (4, 5)):
             raise InvalidRequest(f"a log-odds fusion needs visual [b, w1, w2] and joint "
-                                 f"[b, u_v, u3, u4]; got {d}")
+                                 f"[b, u_v, u3, u4, u_m]; got {d}")
         return cls(tuple(float(x) for x in v), None if j is None else tuple(float(x) for x in j))
 
     def visual_logodds(self, calibrated: np.ndarray) -> np.ndarray:
         lg = logit(np.asarray(calibrated)[:, :2])
         return self.visual[0] + lg @ np.asarray(self.visual[1:])
 
-    def logodds(self, calibrated: np.ndarray, has_text: np.ndarray | None = None) -> np.ndarray:
-        """``(n,)`` fused log-odds from ``(n, 4)`` calibrated terms; has_text ``(n,)`` bool or None."""
+    def logodds(self, calibrated: np.ndarray, has_text: np.ndarray | None = None,
+                missing: np.ndarray | None = None) -> np.ndarray:
+        """``(n,)`` fused log-odds from ``(n, 4)`` calibrated terms; has_text ``(n,)`` bool or
+        None; missing ``(n,)``: query concepts absent from each image's tags (None: not known)."""
         comp = np.asarray(calibrated, dtype=np.float64)
         zv = self.visual_logodds(comp)
         if self.joint is None or has_text is None or not np.asarray(has_text).any():
             return zv
         mask = np.asarray(has_text, dtype=bool)
-        b, uv, u3, u4 = self.joint
+        b, uv, u3, u4, um = self.joint
         lt = logit(comp[:, 2:])
         zt = b + uv * zv + lt @ np.array([u3, u4])
+        if missing is not None and um:
+            zt = zt + um * np.asarray(missing, dtype=np.float64)
         return np.where(mask, zt, zv)
 
-    def score(self, calibrated: np.ndarray, has_text: np.ndarray | None = None) -> np.ndarray:
+    def score(self, calibrated: np.ndarray, has_text: np.ndarray | None = None,
+              missing: np.ndarray | None = None) -> np.ndarray:
         """``(n,)`` P(image holds every concept of the query | its evidence)."""
-        return 1.0 / (1.0 + np.exp(-self.logodds(calibrated, has_text)))
+        return 1.0 / (1.0 + np.exp(-self.logodds(calibrated, has_text, missing)))
 
 
 def fit_logodds_fusion(calibrated: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
                        has_text: np.ndarray | None = None, *, active: np.ndarray | None = None,
-                       min_visual: float = MIN_VISUAL) -> LogOddsFusion:
+                       min_visual: float = MIN_VISUAL, missing: np.ndarray | None = None) -> LogOddsFusion:
     """Fit :class:`LogOddsFusion` on ``(n, 4)`` calibrated terms with eq. 17's weights.
 
     active: ``(4,)`` bool, the terms that may be used (an inactive one gets coefficient 0).
     With the visual terms inactive ("tags only") the visual model is a constant (the base
     rate) and ``u_v = 0``; with the text terms inactive, or no tagged row, joint is None.
+    missing: ``(n,)`` the query concepts each row's tags lack; with the text terms active its
+    coefficient ``u_m <= 0`` is fitted too, so the validation data say how much a concept
+    absent from the tags counts against an image (a lot when tags are complete, little when
+    users tag sparsely); the learnt text head alone gives co-occurring concepts (a "nest"
+    photo's "leaf") enough probability to lift a tagged image that lacks them above untagged
+    photos that show them.
     """
     comp = np.asarray(calibrated, dtype=np.float64)
     y = np.asarray(labels).astype(np.float64)
@@ -344,11 +361,17 @@ def fit_logodds_fusion(calibrated: np.ndarray, labels: np.ndarray, groups: np.nd
     if cols_v:
         feats.insert(0, zv[mask, None])
         lower.insert(0, float(min_visual))
+    use_miss = missing is not None and np.ptp(np.asarray(missing, dtype=np.float64)[mask]) > 0
+    if use_miss:  # fitted as -missing with a coefficient >= 0
+        feats.append(-np.asarray(missing, dtype=np.float64)[mask, None])
+        lower.append(0.0)
     g = None if groups is None else np.asarray(groups)[mask]
     bt, ct = fit_logistic(np.column_stack(feats), y[mask], sample_weights(y[mask].astype(bool), g),
                           np.array(lower))
+    um = -float(ct[-1]) if use_miss else 0.0
+    ct = ct[:-1] if use_miss else ct
     uv = float(ct[0]) if cols_v else 0.0
     ut = ct[1:] if cols_v else ct
     u = np.zeros(2)
     u[[k - 2 for k in cols_t]] = ut
-    return LogOddsFusion(visual, (bt, uv, float(u[0]), float(u[1])))
+    return LogOddsFusion(visual, (bt, uv, float(u[0]), float(u[1]), um))

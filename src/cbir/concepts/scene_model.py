@@ -78,6 +78,9 @@ class ScenePosteriors:
     text_single: np.ndarray | None = None
     text_multi: np.ndarray | None = None
     has_text: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    #: ``(n, C)`` bool, the vocabulary's concepts found verbatim in each image's tags (None:
+    #: not known); the tagged images' fusion counts the query concepts missing from them
+    tag_concepts: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.visual_single.shape[0]
@@ -96,7 +99,16 @@ class ScenePosteriors:
         t = self.text_single is not None
         return ScenePosteriors(self.visual_single[rows], self.visual_multi[rows],
                                self.text_single[rows] if t else None,
-                               self.text_multi[rows] if t else None, self.has_text[rows])
+                               self.text_multi[rows] if t else None, self.has_text[rows],
+                               None if self.tag_concepts is None else self.tag_concepts[rows])
+
+    def missing_tags(self, query: Sequence[int]) -> np.ndarray | None:
+        """``(n,)`` float64: how many of the query's concepts an image's tags lack (0 for
+        images without text evidence); None when the tags are not known."""
+        if self.tag_concepts is None or self.text_single is None:
+            return None
+        miss = (~self.tag_concepts[:, list(query)]).sum(axis=1).astype(np.float64)
+        return np.where(self.has_text, miss, 0.0)
 
 
 def scene_components(scorer: SceneScorer, query: Sequence[int], post: ScenePosteriors) -> np.ndarray:
@@ -166,6 +178,9 @@ def fit_fusion(scorer: SceneScorer, post: ScenePosteriors, concept_matrix: np.nd
         groups.append(np.full(len(post), g, dtype=np.int64))
     comp = np.concatenate(comps)
     y = np.concatenate(labels).astype(np.int64)
+    missing = None
+    if post.tag_concepts is not None and post.text_single is not None:
+        missing = np.concatenate([post.missing_tags(q) for q in queries])
     has_text = np.tile(post.has_text, len(queries)) if post.text_single is not None else None
     # only queries with both positives and negatives carry information (eq. 17 is 1/N+, 1/N-)
     gid = np.concatenate(groups)
@@ -175,6 +190,7 @@ def fit_fusion(scorer: SceneScorer, post: ScenePosteriors, concept_matrix: np.nd
     if not keep.any():
         raise InvalidRequest("no validation query has both relevant and irrelevant images")
     comp, y, gid = comp[keep], y[keep], gid[keep]
+    missing = None if missing is None else missing[keep]
     has_text = None if has_text is None else has_text[keep]
     calibration = None
     if calibrate:
@@ -189,7 +205,7 @@ def fit_fusion(scorer: SceneScorer, post: ScenePosteriors, concept_matrix: np.nd
     if calibrate and logodds:
         from cbir.concepts.fusion import fit_logodds_fusion
 
-        lo = fit_logodds_fusion(comp, y, gid, has_text, active=act).to_dict()
+        lo = fit_logodds_fusion(comp, y, gid, has_text, active=act, missing=missing).to_dict()
     return {"weights": res.weights, "calibration": calibration, "logodds": lo, "curve": res.curve.tolist(),
             "iterations": res.n_iter, "converged": res.converged, "queries": int(keep_g.sum()),
             "examples": int(keep.sum())}
@@ -266,7 +282,8 @@ class SceneModel:
         if vectors is None:
             raise InvalidRequest("the text branch needs the tag vectors it was trained with")
         ts, tm, has = self.text.predict([list(t) for t in tags], vectors)
-        return ScenePosteriors(vs, vm, ts, tm, np.asarray(has, dtype=bool))
+        return ScenePosteriors(vs, vm, ts, tm, np.asarray(has, dtype=bool),
+                               self.vocabulary.encode([list(t) for t in tags]))
 
     def query(self, concepts: Sequence[str | int]) -> tuple[int, ...]:
         return self.vocabulary.query(concepts)
@@ -277,13 +294,16 @@ class SceneModel:
 
     def score(self, query: Sequence[str | int], post: ScenePosteriors) -> np.ndarray:
         """``(n,)`` fused relevance r(Q, (I, T)) of eqs. 7-9."""
-        return self.fuse(self.components(query, post), post)
+        q = self.query(query)
+        return self.fuse(scene_components(self.scorer, q, post), post, q)
 
-    def fuse(self, components: np.ndarray, post: ScenePosteriors) -> np.ndarray:
+    def fuse(self, components: np.ndarray, post: ScenePosteriors,
+             query: Sequence[int] | None = None) -> np.ndarray:
         """Calibrate the ``(n, 4)`` raw terms, then fuse -> ``(n,)``.
 
         With a log-odds fusion (models trained since issue 11): P(Q | I) for untagged
-        images, P(Q | I, T) for tagged ones (:class:`~cbir.concepts.fusion.LogOddsFusion`);
+        images, P(Q | I, T) for tagged ones (:class:`~cbir.concepts.fusion.LogOddsFusion`),
+        which also counts the query concepts (indices, ``query``) a tagged image's tags lack;
         else eqs. 7-9 on the calibrated terms.
         """
         from cbir.concepts.calibration import apply_calibration
@@ -291,7 +311,8 @@ class SceneModel:
         mask = post.has_text if post.text_single is not None else np.zeros(len(post), dtype=bool)
         cal = apply_calibration(components, self.calibration)
         if self.logodds is not None and self.calibration is not None:
-            return self.logodds.score(cal, mask)
+            missing = None if query is None else post.missing_tags(query)
+            return self.logodds.score(cal, mask, missing)
         return fuse(cal, self.weights, mask)
 
     def concept_probabilities(self, post: ScenePosteriors) -> np.ndarray:
@@ -496,5 +517,6 @@ def train_scene_model(
     if model.logodds is not None:
         lo = model.logodds
         log("log-odds fusion: visual b {:.2f} w1 {:.2f} w2 {:.2f}".format(*lo.visual) + (
-            "" if lo.joint is None else "; tagged b {:.2f} u_v {:.2f} u3 {:.2f} u4 {:.2f}".format(*lo.joint)))
+            "" if lo.joint is None else "; tagged b {:.2f} u_v {:.2f} u3 {:.2f} u4 {:.2f} missing-tag {:.2f}".format(
+                *lo.joint)))
     return model, vpost, val_m
