@@ -14,6 +14,7 @@ collection needs memory for one chunk only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -107,6 +108,7 @@ def delete_concept_model(col: Collection, name: str) -> bool:
     existed = (d / f"{name}.json").exists()
     (d / f"{name}.json").unlink(missing_ok=True)  # the record goes first: the model is gone at once
     (d / f"{name}.safetensors").unlink(missing_ok=True)
+    (d / f"{name}.posteriors").unlink(missing_ok=True)
     shutil.rmtree(_word2vec_dir(col, name), ignore_errors=True)
     return existed
 
@@ -274,10 +276,12 @@ def scene_search(col: Collection, query: str | Sequence[str], *, k: int = 20, mo
     """Images that show every concept of ``query``, best first (SSIR, eqs. 7-13).
 
     model: an already loaded concept model (else ``model_name`` is loaded). With no trained
-    model, or ``model_name="builtin"``, or words a trained model does not know (and no model
-    named), the built-in concepts answer (cbir.words: no training needed).
+    model, or ``model_name="builtin"``, the built-in concepts answer (cbir.words: no training
+    needed). With a trained model and no model named, the two form one vocabulary: a word
+    the trained model knows (and learnt from enough images) is scored by it, any other word
+    by the built-in concepts, and the image's score is the geometric mean of its per-word
+    probabilities (:func:`_merged_search`).
     """
-    from cbir.concepts.relevance import COMPONENTS
     from cbir.words import BUILTIN_MODEL, word_search
 
     if k < 1:
@@ -285,55 +289,312 @@ def scene_search(col: Collection, query: str | Sequence[str], *, k: int = 20, mo
     if model is None and (model_name == BUILTIN_MODEL or (
             model_name is None and not list_concept_models(col))):
         return word_search(col, query, k=k, min_score=min_score)
+    named = model_name is not None or model is not None
     model = model if model is not None else load_concept_model(col, model_name)
     try:
         parsed = parse_query(model, query, vectors)
-    except InvalidRequest as e:
-        if model_name is not None:
+    except InvalidRequest:
+        if named:
             raise
-        try:  # the built-in concepts answer only if they can read every word
-            return word_search(col, query, k=k, min_score=min_score, notes=[
-                f"model {model.name!r} does not know the query ({e}); searched with the built-in concepts"])
-        except InvalidRequest:
-            raise e from None
-    few = weak_concepts(model, model.query(parsed.concepts))
-    if few and model_name is None:  # a concept learnt from a handful of images: lean on the built-in ones
-        try:
-            return word_search(col, query, k=k, min_score=min_score, notes=[
-                f"model {model.name!r} learnt {', '.join(few)} from fewer than {MIN_TRAINING_IMAGES} "
-                "images; searched with the built-in concepts (--model NAME to use it anyway)"])
-        except InvalidRequest:
-            pass  # the built-in concepts cannot read the query: the trained model answers
-    text_vec = model_vectors(col, model)
-    recs, feats = _records_and_features(col)
+        return _merged_search(col, model, query, k=k, min_score=min_score, vectors=vectors)
     q = model.query(parsed.concepts)
-    scores = np.empty(len(recs))
-    comps = np.empty((len(recs), 4))
-    for lo in range(0, len(recs), CHUNK):
-        part = slice(lo, lo + CHUNK)
-        tags = [r.tags for r in recs[part]] if model.text is not None else None
-        post = model.posteriors(feats[part], tags, text_vec)
-        comps[part] = model.components(q, post)
-        scores[part] = model.fuse(comps[part], post, q)
+    if weak_concepts(model, q) and not named:  # a concept learnt from a handful of images
+        return _merged_search(col, model, query, k=k, min_score=min_score, vectors=vectors)
+    return _ssir_search(col, model, q, k=k, min_score=min_score, notes=parsed.notes, terms=parsed.terms)
+
+
+#: posteriors of a whole collection kept per (catalog, generation, model) for repeated
+#: queries in one process (the service)
+_POSTERIORS: dict[str, tuple[tuple[Any, ...], Any]] = {}
+_POST_MAGIC = b"CBIRPOST"
+_POST_FORMAT = 1
+_POST_FIELDS = ("visual_single", "visual_multi", "text_single", "text_multi", "tag_concepts")
+
+
+def _tags_hash(tags: Sequence[str]) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b("\x1f".join(tags).encode(), digest_size=8).digest(), "little")
+
+
+def _model_stamp(col: Collection, model: Any) -> str:
+    """What the stored posteriors were computed by: the model's record (sha256) and name."""
+    import hashlib
+
+    from cbir.train.registry import check_name
+
+    try:
+        data = (concepts_dir(col) / f"{check_name(model.name)}.json").read_bytes()
+    except (OSError, InvalidRequest):
+        return ""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_post_store(path: Path, stamp: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """(ids, tag hashes, {field: (n, width) column-major memmap view}) or None if absent/stale."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            if len(head) < 16 or head[:8] != _POST_MAGIC:
+                return None
+            hlen = int.from_bytes(head[8:16], "little")
+            meta = json.loads(f.read(hlen))
+        if meta.get("format") != _POST_FORMAT or meta.get("model") != stamp or not stamp:
+            return None
+        arrays = {}
+        for name, a in meta["arrays"].items():
+            mm = np.memmap(path, dtype=a["dtype"], mode="r", offset=a["offset"], shape=tuple(a["shape"]))
+            arrays[name] = mm
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # damaged or foreign: recomputed and rewritten
+    out = {k: (arrays[k].T if k in arrays else None) for k in _POST_FIELDS}  # stored (width, n)
+    out["has_text"] = arrays.get("has_text")
+    return arrays["ids"], arrays["tags"], out
+
+
+def _write_post_store(path: Path, stamp: str, ids: np.ndarray, tags: np.ndarray, post: Any) -> None:
+    import json
+
+    from cbir.atomic import atomic_open
+
+    arrays: dict[str, np.ndarray] = {"ids": np.asarray(ids, dtype="<i8"),
+                                     "tags": np.asarray(tags, dtype="<u8")}
+    for k in _POST_FIELDS:
+        v = getattr(post, k)
+        if v is not None:  # column-major: a query reads a few concept rows, not every image's row
+            arrays[k] = np.ascontiguousarray(np.asarray(v).T.astype(bool if k == "tag_concepts" else "<f4"))
+    if post.text_single is not None:
+        arrays["has_text"] = np.asarray(post.has_text, dtype=bool)
+    meta: dict[str, Any] = {"format": _POST_FORMAT, "model": stamp, "arrays": {}}
+    off = 0
+    for k, a in arrays.items():
+        meta["arrays"][k] = {"dtype": a.dtype.str, "shape": list(a.shape), "offset": 0}
+    head = json.dumps(meta).encode()
+    base = ((16 + len(head) + 4096 + 63) // 64) * 64  # room for the offsets written below
+    off = base
+    for k, a in arrays.items():
+        meta["arrays"][k]["offset"] = off
+        off = ((off + a.nbytes + 63) // 64) * 64
+    head = json.dumps(meta).encode()
+    with atomic_open(path, "wb") as f:
+        f.write(_POST_MAGIC + len(head).to_bytes(8, "little") + head)
+        for k, a in arrays.items():
+            f.seek(meta["arrays"][k]["offset"])
+            f.write(a.tobytes())
+        f.truncate(off)
+
+
+def collection_posteriors(col: Collection, model: Any) -> tuple[list[Any], Any]:
+    """(records, :class:`~cbir.concepts.scene_model.ScenePosteriors`) of every indexed image.
+
+    Stored per model next to it (``concepts/<name>.posteriors``, column-major float32,
+    memory-mapped) and kept in memory for the next query in the same process; only images
+    added or re-tagged since are computed (from the stored features), so a query does not
+    run the classifiers over the whole collection again (issue 11, part 4).
+    """
+    from cbir.concepts.scene_model import ScenePosteriors
+
+    try:
+        st = os.stat(col.catalog.path)
+        where = f"{col.catalog.path}:{st.st_dev}:{st.st_ino}"
+    except OSError:
+        where = str(col.catalog.path)
+    stamp_mem = (int(col.catalog.generation()), id(model), model.name)
+    hit = _POSTERIORS.get(where)
+    if hit is not None and hit[0] == stamp_mem:
+        return hit[1]
+    recs = list(col.catalog.iter_records("ok"))
+    if not recs:
+        raise InvalidRequest("the collection has no indexed image; run `cbir index FOLDER` first")
+    text = model.text is not None
+    ids = np.array([r.id for r in recs], dtype=np.int64)
+    thash = np.array([_tags_hash(r.tags) if text else 0 for r in recs], dtype=np.uint64)
+    stamp = _model_stamp(col, model)
+    path = concepts_dir(col) / f"{model.name}.posteriors"
+    stored = _read_post_store(path, stamp) if stamp else None
+    have = np.full(len(recs), -1, dtype=np.int64)
+    if stored is not None:
+        s_ids, s_tags, _ = stored
+        pos = {int(i): n for n, i in enumerate(s_ids)}
+        have = np.array([pos.get(int(i), -1) for i in ids], dtype=np.int64)
+        ok = have >= 0
+        have[ok & (np.asarray(s_tags)[np.maximum(have, 0)] != thash)] = -1  # re-tagged: recompute
+    todo = np.flatnonzero(have < 0)
+    new_post = None
+    if todo.size:
+        got, feats = col.catalog.features(ids[todo])
+        fpos = {int(i): n for n, i in enumerate(got)}
+        todo = np.array([t for t in todo if int(ids[t]) in fpos], dtype=np.int64)  # damaged rows skipped
+        feats = np.asarray(feats[[fpos[int(ids[t])] for t in todo]], dtype=np.float32) if todo.size else None
+        if todo.size:
+            text_vec = model_vectors(col, model)
+            parts = []
+            for lo in range(0, len(todo), CHUNK):
+                part = todo[lo: lo + CHUNK]
+                tags = [recs[t].tags for t in part] if text else None
+                parts.append(model.posteriors(feats[lo: lo + CHUNK], tags, text_vec))
+
+            def cat(name: str) -> Any:
+                first = getattr(parts[0], name)
+                return None if first is None else np.concatenate([getattr(x, name) for x in parts])
+
+            new_post = ScenePosteriors(cat("visual_single"), cat("visual_multi"), cat("text_single"),
+                                       cat("text_multi"), cat("has_text"), cat("tag_concepts"))
+    keep = np.flatnonzero((have >= 0) | np.isin(np.arange(len(recs)), todo))
+    if todo.size == 0 and stored is not None and len(keep) == len(stored[0]) \
+            and np.array_equal(np.asarray(stored[0]), ids[keep]):
+        arr = stored[2]  # the store is current: the memory map as it is
+        post = ScenePosteriors(arr["visual_single"], arr["visual_multi"], arr["text_single"],
+                               arr["text_multi"], np.asarray(arr["has_text"]) if text else np.zeros(0, bool),
+                               arr["tag_concepts"], clean=True)
+    else:
+        is_new = np.isin(keep, todo)
+        j_new = np.searchsorted(todo, keep[is_new])  # todo is sorted: its row in new_post
+
+        def merged(name: str) -> Any:
+            new = None if new_post is None else getattr(new_post, name)
+            old = None if stored is None else stored[2][name]
+            ref = new if new is not None else old
+            if ref is None:
+                return None
+            out = np.empty((len(keep),) + ref.shape[1:], dtype=np.asarray(ref[:0]).dtype)
+            if is_new.any():
+                out[is_new] = new[j_new]
+            if (~is_new).any():
+                out[~is_new] = np.asarray(old)[have[keep[~is_new]]]
+            return out
+
+        post = ScenePosteriors(merged("visual_single"), merged("visual_multi"), merged("text_single"),
+                               merged("text_multi"),
+                               merged("has_text") if text else np.zeros(0, bool), merged("tag_concepts"))
+        if stamp and not col.readonly:
+            with contextlib.suppress(OSError):  # a store not written costs speed, not results
+                _write_post_store(path, stamp, ids[keep], thash[keep], post)
+    recs = [recs[i] for i in keep]
+    _POSTERIORS[where] = (stamp_mem, (recs, post))
+    return recs, post
+
+
+def _ssir_search(col: Collection, model: Any, q: tuple[int, ...], *, k: int, min_score: float,
+                 notes: list[str], terms: list[dict[str, Any]]) -> SceneResult:
+    from cbir.concepts.relevance import COMPONENTS
+    from cbir.concepts.scene_model import scene_components
+
+    recs, post = collection_posteriors(col, model)
+    comps = scene_components(model.scorer, q, post)
+    scores = model.fuse(comps, post, q)
     order = np.argsort(-scores, kind="stable")[:k]
     order = order[scores[order] >= min_score]
-    top = [recs[i] for i in order]
-    post = model.posteriors(feats[order], [r.tags for r in top] if model.text is not None else None, text_vec)
     hits = []
     for n, i in enumerate(order):
-        ev = {}
-        for c in q:
-            name = model.concepts[c]
-            has_t = post.text_single is not None and bool(post.has_text[n])
-            ev[name] = {"visual": round(float(post.visual_single[n, c]), 6),
-                        "text": round(float(post.text_single[n, c]), 6) if has_t else None}
+        has_t = post.text_single is not None and bool(post.has_text[i])
+        ev = {model.concepts[c]: {"visual": round(float(post.visual_single[i, c]), 6),
+                                  "text": round(float(post.text_single[i, c]), 6) if has_t else None}
+              for c in q}
         hits.append(SceneHit(rank=n + 1, id=int(recs[i].id), path=recs[i].path,
                              score=round(float(scores[i]), 8),
                              evidence=ev, components={c: round(float(v), 8) for c, v in
                                                       zip(COMPONENTS, comps[i], strict=True)},
                              tags=list(recs[i].tags)))
-    return SceneResult(query=[model.concepts[c] for c in q], notes=parsed.notes, model=model.name,
-                       hits=hits, terms=parsed.terms)
+    return SceneResult(query=[model.concepts[c] for c in q], notes=notes, model=model.name,
+                       hits=hits, terms=terms)
+
+
+def _merged_search(col: Collection, model: Any, query: str | Sequence[str], *, k: int, min_score: float,
+                   vectors: Any | None) -> SceneResult:
+    """One vocabulary of the trained and the built-in concepts (issue 11, part 2).
+
+    Each word goes to the trained model when it knows it by name and learnt it from at least
+    MIN_TRAINING_IMAGES images, else to the built-in concepts when they can read it, else to
+    the trained model's synonym or spelling match (a weak trained concept is still used, with
+    a note, when nothing else knows the word). A trained word's probability is the model's
+    fused single-concept estimate P(c | the image's pixels and tags); a built-in word's is the
+    image's probability mass on the concept's ImageNet classes. Images are ranked by the
+    geometric mean over the words: every word must be shown.
+    """
+    from cbir.concepts.builtin import load_builtin
+    from cbir.words import BUILTIN_MODEL, class_prob_matrix, evidence, rank, resolve_words, word_search
+
+    ids, matrix = class_prob_matrix(col.catalog)
+    if matrix.nnz == 0:  # no ImageNet class probabilities (another extractor): the model alone
+        parsed = parse_query(model, query, vectors)  # raises its own clear error for unknown words
+        return _ssir_search(col, model, model.query(parsed.concepts), k=k, min_score=min_score,
+                            notes=parsed.notes, terms=parsed.terms)
+    bc = load_builtin()
+    words = bc.parse_query(query) if isinstance(query, str) else [w for x in query for w in bc.parse_query(x)]
+    if not words:
+        raise InvalidRequest("give at least one word to search for, e.g. \"dog\" or \"dog beach\"")
+    plan: list[tuple[str, Any]] = []  # ("trained", (concept index, term)) | ("builtin", word)
+    notes: list[str] = []
+    for w in words:
+        try:
+            t = parse_query(model, [w], vectors)
+        except InvalidRequest:
+            t = None
+        c = model.query(t.concepts)[0] if t is not None else None
+        weak = c is not None and bool(weak_concepts(model, [c]))
+        if t is not None and t.terms[0]["how"] == "exact" and not weak:
+            plan.append(("trained", (c, t.terms[0])))
+            continue
+        try:
+            resolve_words([w])
+            plan.append(("builtin", w))
+            if weak:
+                notes.append(f"model {model.name!r} learnt {model.concepts[c]!r} from fewer than "
+                             f"{MIN_TRAINING_IMAGES} images; {w!r} read by the built-in concepts "
+                             "(--model NAME to use the model anyway)")
+            elif t is None:
+                notes.append(f"model {model.name!r} does not know {w!r}; read by the built-in concepts")
+            continue
+        except InvalidRequest as be:
+            if t is None:
+                raise InvalidRequest(f"neither model {model.name!r} nor the built-in concepts know "
+                                     f"{w!r}: {be}") from None
+        plan.append(("trained", (c, t.terms[0])))
+        notes.extend(t.notes)
+        if weak:
+            notes.append(f"model {model.name!r} learnt {model.concepts[c]!r} from fewer than "
+                         f"{MIN_TRAINING_IMAGES} images and the built-in concepts do not know {w!r}")
+    trained = [x for kind, x in plan if kind == "trained"]
+    builtin_words = [x for kind, x in plan if kind == "builtin"]
+    if not trained:
+        return word_search(col, builtin_words, k=k, min_score=min_score, notes=notes)
+    if not builtin_words:
+        q = tuple(dict.fromkeys(c for c, _ in trained))
+        return _ssir_search(col, model, q, k=k, min_score=min_score, notes=notes,
+                            terms=[term for _, term in trained])
+    recs, post = collection_posteriors(col, model)
+    resolved, found = resolve_words(builtin_words)
+    notes.extend(found)
+    ev_b = evidence(matrix, resolved)
+    pos = {int(i): r for r, i in enumerate(ids)}
+    rows = np.array([pos.get(int(r.id), -1) for r in recs])
+    ev_builtin = np.where(rows[:, None] >= 0, ev_b[np.maximum(rows, 0)], 0.0)
+    q_trained = list(dict.fromkeys(c for c, _ in trained))
+    ev_trained = np.column_stack([model.score((c,), post) for c in q_trained])
+    ev = np.column_stack([ev_trained, ev_builtin]).astype(np.float32)
+    scores = rank(ev)
+    order = np.argsort(-scores, kind="stable")[:k]
+    order = order[scores[order] > max(min_score, 0.0)]
+    labels_b = [bc.label(r.concept_id) if len(r.concept_ids) == 1 else r.name for r in resolved]
+    hits = []
+    for i in order:
+        has_t = post.text_single is not None and bool(post.has_text[i])
+        e: dict[str, dict[str, float | None]] = {}
+        for j, c in enumerate(q_trained):
+            e[model.concepts[c]] = {"visual": round(float(post.visual_single[i, c]), 6),
+                                    "text": round(float(post.text_single[i, c]), 6) if has_t else None,
+                                    "probability": round(float(ev[i, j]), 6)}
+        for j, lab in enumerate(labels_b):
+            e[lab] = {"visual": round(float(ev[i, len(q_trained) + j]), 6), "text": None}
+        hits.append(SceneHit(rank=len(hits) + 1, id=int(recs[i].id), path=recs[i].path,
+                             score=round(float(scores[i]), 8), evidence=e, tags=list(recs[i].tags)))
+    terms = [term for _, term in trained] + [{"word": r.word, "concept": lab, "how": r.how}
+                                             for r, lab in zip(resolved, labels_b, strict=True)]
+    return SceneResult(query=[model.concepts[c] for c in q_trained] + labels_b, notes=notes,
+                       model=f"{model.name}+{BUILTIN_MODEL}", hits=hits, terms=terms)
 
 
 def predict_image_concepts(col: Collection, images: Sequence[Any], tags: Sequence[Sequence[str]], *,

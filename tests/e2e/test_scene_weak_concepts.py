@@ -49,3 +49,44 @@ def test_a_concept_with_few_training_images_leans_on_the_builtin_one(tmp_path, c
     # naming the model still uses it
     assert main(["-c", str(coll), "scene", "dog", "-k", "3", "--model", "scenes", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "scenes"
+
+
+def test_trained_and_builtin_concepts_form_one_vocabulary(tmp_path, capsys) -> None:
+    """`scene "red dog"`: "red" is the library's own tag (trained), "dog" only a built-in
+    concept; the images that show both rank first, each word's evidence from its own model."""
+    photos = tmp_path / "photos"
+    truth = make_tagged_photos(photos, n_tagged=60, n_untagged=6)
+    coll = tmp_path / "coll"
+    dogs = set()
+    with Collection.create_or_open(coll, "colorhist") as col, col.writer_lock():
+        index_paths(col, [photos], progress=False)
+        for n, rec in enumerate(col.catalog.iter_records("ok")):
+            p = np.full(1000, 1e-5, dtype=np.float32)
+            dog = n % 3 == 0  # a third of the photos (red or not, tagged or not) show a dog
+            p[207 if dog else 281] = 0.9
+            if dog:
+                dogs.add(rec.path)
+            col.catalog.db.execute("UPDATE images SET class_probs=? WHERE id=?",
+                                   (pack_class_probs(p), rec.id))
+        col.catalog._bump()
+    assert main(["-c", str(coll), "concepts", "train", "--vectors", "none", "--min-support", "3"]) == 0
+    capsys.readouterr()
+    assert main(["-c", str(coll), "scene", "red dog", "-k", "8", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["model"] == "scenes+builtin"
+    assert any("does not know 'dog'" in n for n in res["notes"]), res["notes"]
+    assert [t["how"] for t in res["terms"]][0] == "exact" and len(res["terms"]) == 2
+    red_dogs = {p for p in dogs if "red" in truth[p]}
+    top = [h["path"] for h in res["hits"]]
+    assert len(red_dogs) >= 8 and set(top) <= red_dogs, (top, red_dogs)
+    h = res["hits"][0]
+    red, dog = h["evidence"].values()  # the trained word's fused probability, the built-in mass
+    assert red["probability"] > 0.5 and dog["visual"] > 0.5 and dog["text"] is None, h
+    # the same words one at a time: each model answers alone
+    assert main(["-c", str(coll), "scene", "red", "-k", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "scenes"
+    assert main(["-c", str(coll), "scene", "dog", "-k", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "builtin"
+    # a word neither knows is refused, naming it
+    assert main(["-c", str(coll), "scene", "red", "qzxv", "-k", "3"]) == 2
+    assert "qzxv" in capsys.readouterr().err

@@ -81,12 +81,15 @@ class ScenePosteriors:
     #: ``(n, C)`` bool, the vocabulary's concepts found verbatim in each image's tags (None:
     #: not known); the tagged images' fusion counts the query concepts missing from them
     tag_concepts: np.ndarray | None = None
+    #: the text rows are already zero where has_text is False (posteriors read back from a
+    #: store, possibly memory-mapped: not copied)
+    clean: bool = False
 
     def __post_init__(self) -> None:
         n = self.visual_single.shape[0]
         if self.has_text.shape != (n,):
             self.has_text = np.zeros(n, dtype=bool) if self.text_single is None else self.has_text
-        if self.text_single is not None:
+        if self.text_single is not None and not self.clean:
             # untagged rows may be NaN: make them harmless zeros once, here
             self.text_single = np.where(self.has_text[:, None], np.nan_to_num(self.text_single), 0.0)
             self.text_multi = np.where(self.has_text[:, None], np.nan_to_num(self.text_multi), 0.0)
@@ -316,10 +319,17 @@ class SceneModel:
         return fuse(cal, self.weights, mask)
 
     def concept_probabilities(self, post: ScenePosteriors) -> np.ndarray:
-        """``(n, C)`` per-concept probability: visual, mixed with text where an image has tags.
+        """``(n, C)`` per-concept probability P(c | the image's evidence).
 
-        The single-concept weights a1 and a3 set the mix (visual only without text).
+        With a log-odds fusion: the fused single-concept estimate (visual for untagged images,
+        visual + text + absent tags for tagged ones; one scale, the one scene queries rank by).
+        Older models: visual, mixed with text where an image has tags by the weights a1, a3.
         """
+        if self.logodds is not None and self.calibration is not None:
+            out = np.empty((len(post), len(self.concepts)), dtype=np.float64)
+            for c in range(len(self.concepts)):
+                out[:, c] = self.score((c,), post)
+            return out
         p = post.visual_single.astype(np.float64)
         if post.text_single is None or not post.has_text.any():
             return p
@@ -517,6 +527,6 @@ def train_scene_model(
     if model.logodds is not None:
         lo = model.logodds
         log("log-odds fusion: visual b {:.2f} w1 {:.2f} w2 {:.2f}".format(*lo.visual) + (
-            "" if lo.joint is None else "; tagged b {:.2f} u_v {:.2f} u3 {:.2f} u4 {:.2f} missing-tag {:.2f}".format(
-                *lo.joint)))
+            "" if lo.joint is None
+            else "; tagged b {:.2f} u_v {:.2f} u3 {:.2f} u4 {:.2f} missing-tag {:.2f}".format(*lo.joint)))
     return model, vpost, val_m
