@@ -72,6 +72,10 @@ NEIGHBOUR_MARGIN = 0.15  # within this of the best;
 NEIGHBOUR_WIDER_MARGIN = 0.05  # one holding a concept already taken, within this (soccer: not ball)
 NEIGHBOUR_MAX = 3
 NEIGHBOUR_MAX_CLASSES = 150  # broader concepts are no one's meaning neighbour (animal, device, ...)
+TAXONOMY_HOPS = 3  # a word's kin: concepts under one of its first sense's hypernyms this close
+ORGANISM = 4475  # 00004475 organism, being: living things are matched among their kin only,
+KIND_OF_MAX_CLASSES = 12  # a word read as the concept it is a kind of: only a narrow one
+PERSON = 7846  # 00007846 person: but people, shown with what they wear and use (bride -> gown)
 
 # Common photo-search words (and plurals that WordNet's rules or exceptions would not give): added
 # to the other words whether or not WordNet knows them; concept lemmas among them are skipped.
@@ -119,6 +123,11 @@ CURATED: dict[str, list[str]] = {
     "rain": [],  # model: rain barrel
     "wildlife": [],  # model: domestic animal + corvine bird + bird of prey
     "leaf": [],  # model: vascular plant + leafhopper + plant part
+    # four hypernym steps from their class, past TAXONOMY_HOPS: kin that the rule cannot see
+    "rooster": ["cock"],  # rule: quail + prairie chicken
+    "turkey cock": ["cock"],  # rule: none
+    "human": ["person"],  # WordNet's human is a hominid, not under person
+    "human being": ["person"],
 }
 
 
@@ -292,6 +301,64 @@ def neighbour_scores(embed, words: list[str], glosses: dict[str, str], concepts:
     return out
 
 
+def is_under(offset: int, ancestor: int, synsets: dict) -> bool:
+    stack, seen = [offset], set()
+    while stack:
+        x = stack.pop()
+        if x == ancestor:
+            return True
+        if x not in seen:
+            seen.add(x)
+            stack.extend(synsets[x]["hypernyms"])
+    return False
+
+
+def taxonomy_levels(words: list[str], senses: dict, synsets: dict, concept_offsets: list[int],
+                    hops: int = TAXONOMY_HOPS):
+    """(len(words), len(concepts)) int8 for words that name a living thing other than a person
+    (first noun sense under organism, not under person): how many hypernym steps up from that
+    sense to the nearest synset that also is, or is above, the concept (their lowest common
+    hypernym), ``hops + 1`` when farther; -1 for every other word (not restricted).
+
+    Text similarity alone reads "deer" as Scottish deerhound + bison, "bramble" as brambling (a
+    finch), "ant bear" as bear + ant + antelope: look-alike names. A living thing's neighbours
+    must be its kin within ``hops`` steps (deer: the ruminants), or it has none. People, scenes,
+    objects and events ("bride" -> groom + gown, "bathroom" -> bathtub + bath towel) are matched
+    on meaning alone.
+    """
+    import numpy as np
+
+    under: dict[int, list[int]] = {}  # synset -> concepts at or below it
+    for j, off in enumerate(concept_offsets):
+        stack, seen = [off], set()
+        while stack:
+            x = stack.pop()
+            if x in seen:
+                continue
+            seen.add(x)
+            under.setdefault(x, []).append(j)
+            stack.extend(synsets[x]["hypernyms"])
+    out = np.full((len(words), len(concept_offsets)), -1, dtype=np.int8)
+    for i, w in enumerate(words):
+        s0 = senses.get(w, [None])[0]
+        if s0 is None or not is_under(s0, ORGANISM, synsets) or is_under(s0, PERSON, synsets):
+            continue  # -1: not restricted (a person, scene, object, event: matched on meaning)
+        out[i] = hops + 1
+        frontier, seen = [senses[w][0]], {senses[w][0]}
+        for h in range(hops + 1):
+            nxt = []
+            for x in frontier:
+                js = under.get(x)
+                if js:
+                    out[i, js] = np.minimum(out[i, js], h)
+                for y in synsets[x]["hypernyms"]:
+                    if y not in seen:
+                        seen.add(y)
+                        nxt.append(y)
+            frontier = nxt
+    return out
+
+
 def pick_neighbours(
     scores,
     class_sets: list[frozenset],
@@ -303,6 +370,8 @@ def pick_neighbours(
     most: int,
     max_classes: int,
     wider_margin: float = NEIGHBOUR_WIDER_MARGIN,
+    levels=None,
+    hops: int = TAXONOMY_HOPS,
 ) -> list[list[list]]:
     """Per word, up to ``most`` [concept id, score] pairs whose union is the word's meaning.
 
@@ -312,13 +381,16 @@ def pick_neighbours(
     within ``margin`` of the best is added when it brings classes the ones taken do not cover, but
     one that holds a concept already taken only within ``wider_margin`` (soccer stays soccer ball,
     not every ball); one whose classes another taken concept covers is dropped at the end
-    (seashore next to shore).
+    (seashore next to shore). ``levels`` (:func:`taxonomy_levels`): a word with candidates within
+    ``hops`` hypernym steps: a living thing's neighbours are its kin (see :func:`taxonomy_levels`).
     """
     import numpy as np
 
     sets = class_sets
     ok = np.array([cl or 2 <= len(cs) <= max_classes for cl, cs in zip(is_class, sets, strict=True)])
     masked = np.where(ok[None, :], scores, -1.0)
+    if levels is not None:  # a living thing's neighbours are its kin (see taxonomy_levels)
+        masked = np.where((levels < 0) | (levels <= hops), masked, -1.0)
     out: list[list[list]] = []
     for row in masked:
         top = np.argsort(-row, kind="stable")[: 4 * most]
@@ -373,6 +445,7 @@ def meaning_neighbours(args, data: dict, synsets: dict, senses: dict) -> tuple[d
         margin=args.neighbour_margin,
         most=NEIGHBOUR_MAX,
         max_classes=NEIGHBOUR_MAX_CLASSES,
+        levels=taxonomy_levels(words, senses, synsets, [int(c["wnid"][1:]) for c in concepts]),
     )
     table = {w: p for w, p in zip(words, picks, strict=True) if p}
     lemmas = data["lemmas"]
@@ -582,7 +655,22 @@ def main(argv: list[str] | None = None) -> int:
             parts = line.split()
             if len(parts) >= 2 and key_of(parts[1]) in neighbours and key_of(parts[0]) not in lemma_index:
                 exceptions.setdefault(key_of(parts[0]), key_of(parts[1]))
+    # --- an animal or plant that is a kind of one narrow concept: deer -> ruminant, pony -> horse
+    # (the resolver's last step before refusing a word, and it says so)
+    kind_of = {}
+    for key in other_words:
+        if key in neighbours or key not in senses or not re.fullmatch(r"[a-z][a-z' -]*", key):
+            continue
+        s0 = senses[key][0]
+        if synsets[s0]["instance"] or not is_under(s0, ORGANISM, synsets) or is_under(s0, PERSON, synsets):
+            continue  # living things only: elsewhere WordNet's first hypernym misleads (builder -> material)
+        ups = [cid[h] for h in synsets[s0]["hypernyms"] if h in cid]
+        ups = [c for c in ups if len(concepts[c]["classes"]) <= KIND_OF_MAX_CLASSES
+               and concepts[c]["depth"] >= 3]
+        if len(ups) == 1:
+            kind_of[key] = ups[0]
     data["plural_exceptions"] = exceptions
+    data["kind_of"] = kind_of
     data["neighbours"] = neighbours
     data["no_neighbours"] = no_neighbours
     data["neighbour_rule"] = {
@@ -604,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{len(concepts)} concepts, {len(lemma_index)} lemma keys, {len(exceptions)} plural exceptions, "
         f"{len(other_words)} other words, {len(too_broad)} too-broad lemmas, "
-        f"{len(neighbours)} words with meaning neighbours"
+        f"{len(neighbours)} words with meaning neighbours, {len(kind_of)} read as what they are a kind of"
     )
     print(f"wrote {out} ({out.stat().st_size / 1024:.1f} KB, {len(raw) / 1024:.0f} KB uncompressed)")
 

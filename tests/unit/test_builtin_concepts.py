@@ -401,3 +401,22 @@ def test_resolved_scores_counts_a_union_once(bc):
     np.testing.assert_allclose(bc.resolved_scores(probs, [beach])[:, 0], expect, atol=1e-6)
     with pytest.raises(InvalidRequest):
         resolved_scores(probs, [dog.concept_id])
+
+
+def test_living_things_take_their_kin_not_look_alike_names(bc):
+    """Text similarity read "deer" as Scottish deerhound + bison and "bramble" (a plant) as
+    brambling (a finch); a living thing's neighbours are now its WordNet kin or none."""
+    for word, suggest in (("moose", "ruminant"), ("bramble", "vascular plant")):
+        with pytest.raises(InvalidRequest) as e:
+            resolve(word)
+        assert f"a broader concept: {suggest}" in str(e.value), str(e.value)
+    # an animal one step below a narrow concept reads as it, and says so
+    r = resolve("deer")
+    assert r.how == "broader" and r.name == "ruminant" and "kind of in WordNet: ruminant" in r.note
+    assert len(bc.classes_of(r)) <= 12 and resolve("deers").concept_ids == r.concept_ids
+    assert resolve("cows").name == "cattle"
+    assert resolve("rooster").name == "cock"  # curated: four steps from its class
+    assert resolve("seagull").name == "seabird"
+    # people, objects and scenes still match on meaning (a bride shows a groom and a gown)
+    assert resolve("bride").name.startswith("groom + gown")
+    assert resolve("backpacker").name == "backpack"

@@ -150,6 +150,8 @@ class BuiltinConcepts:
         self.too_broad: frozenset[str] = frozenset(data.get("too_broad", ()))
         self.plural_exceptions: dict[str, str] = dict(data.get("plural_exceptions", {}))
         self.other_words: dict[str, int] = dict(data.get("other_words", {}))
+        #: animals and plants read as the one narrow concept they are a kind of (deer -> ruminant)
+        self.kind_of: dict[str, int] = {k: int(v) for k, v in data.get("kind_of", {}).items()}
         self.neighbour_table: dict[str, tuple[tuple[int, float], ...]] = {
             k: tuple((int(c), float(sc)) for c, sc in v) for k, v in data.get("neighbours", {}).items()
         }
@@ -320,12 +322,13 @@ class BuiltinConcepts:
         In order: an exact lemma; a plural or singular form (WordNet's noun exceptions, then
         -s/-es/-ies/-men rules); the lemma with spaces, hyphens and underscores ignored ("sea-lion",
         "sealion", "golden_retriever"); the shipped meaning-neighbour table ("beach" -> shore +
-        sandbar; a union of up to 3 concepts); the ``neighbours`` hook's best neighbours with a
-        score of at least ``min_similarity`` (default: the hook's own ``min_similarity`` attribute,
-        else 0.5; further neighbours within 0.15 of the best join the union); a close spelling
-        (difflib ratio >= 0.8), unless the word is itself a WordNet word. A lemma naming several
-        concepts gives the one with most classes (ties: the more frequent WordNet sense); the note
-        says so and ``alternatives`` lists the others.
+        sandbar; a union of up to 3 concepts); for an animal or plant, the one narrow concept it is
+        a kind of in WordNet ("deer" -> ruminant, "pony" -> horse); the ``neighbours`` hook's best
+        neighbours with a score of at least ``min_similarity`` (default: the hook's own
+        ``min_similarity`` attribute, else 0.5; further neighbours within 0.15 of the best join the
+        union); a close spelling (difflib ratio >= 0.8), unless the word is itself a WordNet word. A
+        lemma naming several concepts gives the one with most classes (ties: the more frequent
+        WordNet sense); the note says so and ``alternatives`` lists the others.
         """
         key = _norm(word)
         if not key:
@@ -354,6 +357,13 @@ class BuiltinConcepts:
             else:
                 note = f"'{key}' read as '{table_word}', which has no class of its own"
             return self._union(str(word), table_word, picks, "neighbour", note)
+
+        kind = next((c for c in [key, *self._singulars(key)] if c in self.kind_of), None)
+        if kind is not None:
+            cid = self.kind_of[kind]
+            note = (f"'{key}' has no class of its own; read as the concept it is a kind of in WordNet: "
+                    f"{self.label(cid)} ({self._count(cid)})")
+            return Resolved(str(word), cid, self.names[cid], kind, "broader", note, (), (cid,))
 
         near_meaning: list[tuple[str, float]] = []
         defers = getattr(neighbours, "defer_to_table", False)
