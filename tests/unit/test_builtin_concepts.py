@@ -178,6 +178,14 @@ def test_unknown_word_raises_with_suggestions():
     assert e.value.suggestions[0] == "bird"
     with pytest.raises(InvalidRequest):
         resolve("   ")
+    # a real word the concepts cannot see: no look-alike spellings (sky: husky, ski), a way forward
+    with pytest.raises(InvalidRequest) as e:
+        resolve("sky")
+    msg = str(e.value)
+    assert "husky" not in msg and "ski" not in e.value.suggestions and "cbir concepts train" in msg
+    with pytest.raises(InvalidRequest) as e:
+        resolve("tree")
+    assert e.value.suggestions[:1] == ["vascular plant"] and "entree" not in str(e.value)
 
 
 def test_ordinary_words_have_one_concept_id(bc):

@@ -400,6 +400,8 @@ class BuiltinConcepts:
                 return self._union(str(word), key, picks, "neighbour", note)
 
         broader = self._is_other_word(key)
+        if broader is None and self._judged(key):
+            broader = -1  # a photo word the table's build judged to have no neighbour (sunset)
         if broader is None:
             close = difflib.get_close_matches(key, self.vocabulary, 1, SPELL_CUTOFF)
             if close:
@@ -410,15 +412,22 @@ class BuiltinConcepts:
         suggestions = [m for m, sc in near_meaning[:5] if sc >= floor]
         parts = [f"'{key}' is not a built-in concept (a WordNet noun with ImageNet classes below it)"]
         if broader is not None:
-            parts[0] = f"'{key}' is a word, but no ImageNet class lies below it in WordNet"
+            parts[0] = (f"'{key}' is a word, but no ImageNet class lies below it in WordNet"
+                        if self._is_other_word(key) is not None else
+                        f"'{key}' has no ImageNet class of its own and no close neighbour among them")
             if broader >= 0:
                 parts.append(f"a broader concept: {self.label(broader)} ({self._count(broader)})")
                 suggestions.append(self.vocabulary_key(broader))
-        suggestions += difflib.get_close_matches(key, self.vocabulary, 5, SUGGEST_CUTOFF)
+        else:  # not a word: a typo's look-alikes help; a real word's (sky: husky, ski) do not
+            suggestions += difflib.get_close_matches(key, self.vocabulary, 5, SUGGEST_CUTOFF)
         suggestions = list(dict.fromkeys(suggestions))
         if suggestions:
-            parts.append("did you mean: " + ", ".join(suggestions) + "?")
-        else:
+            parts.append(("related: " if broader is not None else "did you mean: ")
+                         + ", ".join(suggestions) + "?")
+        if broader is not None:
+            parts.append("the built-in concepts are ImageNet's objects, animals and places; to search "
+                         f"for '{key}', tag some photos with it and run `cbir concepts train`")
+        elif not suggestions:
             parts.append("try a common noun such as " + ", ".join(EXAMPLES))
         err = InvalidRequest("; ".join(parts))
         err.suggestions = suggestions  # type: ignore[attr-defined]
