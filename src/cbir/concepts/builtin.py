@@ -421,9 +421,11 @@ class BuiltinConcepts:
         else:  # not a word: a typo's look-alikes help; a real word's (sky: husky, ski) do not
             suggestions += difflib.get_close_matches(key, self.vocabulary, 5, SUGGEST_CUTOFF)
         suggestions = list(dict.fromkeys(suggestions))
-        if suggestions:
-            parts.append(("related: " if broader is not None else "did you mean: ")
-                         + ", ".join(suggestions) + "?")
+        named = {self.vocabulary_key(broader)} if broader is not None and broader >= 0 else set()
+        if broader is not None and [x for x in suggestions if x not in named]:
+            parts.append("related: " + ", ".join(x for x in suggestions if x not in named))
+        elif broader is None and suggestions:
+            parts.append("did you mean: " + ", ".join(suggestions) + "?")
         if broader is not None:
             parts.append("the built-in concepts are ImageNet's objects, animals and places; to search "
                          f"for '{key}', tag some photos with it and run `cbir concepts train`")
