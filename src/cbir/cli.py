@@ -156,6 +156,19 @@ def cmd_index(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if report.problems else EXIT_OK
 
 
+def _rerank_arg(text: str) -> int | str:
+    """``--rerank``: a re-ranking method name, or (with --codes) a positive count."""
+    from cbir.rerank import METHODS
+
+    if text in METHODS:
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(METHODS)} or (with --codes) a "
+                                         f"number of codes to re-score, got {text!r}") from None
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from cbir.search import query_from_images, query_from_members, search
 
@@ -163,6 +176,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise InvalidRequest("give a query image, or --like PATH for an image in the collection")
     if args.images and args.like:
         raise InvalidRequest("give query images or --like, not both")
+    if args.codes and isinstance(args.rerank, str) and args.rerank != "none":
+        raise InvalidRequest("with --codes, --rerank takes a number: the nearest codes re-scored by "
+                             "their float features")
+    if not args.codes and isinstance(args.rerank, int):
+        raise InvalidRequest("--rerank N re-scores learned codes (with --codes); to re-rank a feature "
+                             "search use --rerank qe or --rerank kr")
     output = output_mode(args)
     with _open(args) as col:
         need_regions = False
@@ -176,7 +195,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         else:
             query = query_from_images(col, [Path(p) for p in args.images], regions=need_regions)
         if args.codes:
-            hits = codes.hamming_search(col, args.codes, query, k=args.k, rerank=args.rerank,
+            hits = codes.hamming_search(col, args.codes, query, k=args.k,
+                                        rerank=args.rerank if isinstance(args.rerank, int) else 0,
                                         query_regions=query.regions,
                                         min_similarity=args.min_similarity)
             return _print_hits(hits, output)
@@ -189,7 +209,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                                      f"this search uses {kind!r}")
             kw[knob] = args.nprobe
         hits = search(col, query, k=args.k, min_similarity=args.min_similarity,
-                      index_kind=args.index_type, **kw)
+                      index_kind=args.index_type, rerank=args.rerank or "none",
+                      rerank_depth=args.rerank_depth, **kw)
     return _print_hits(hits, output)
 
 
@@ -543,8 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --like, keep the query images themselves in the results")
     s.add_argument("--codes", metavar="NAME", default=None,
                    help="search by learned binary codes (see `cbir hash list`) in Hamming space")
-    s.add_argument("--rerank", type=positive_int, default=0, metavar="N",
-                   help="with --codes: re-score the N nearest codes by their float features")
+    s.add_argument("--rerank", type=_rerank_arg, default=None, metavar="qe|kr|N",
+                   help="qe: alpha query expansion, kr: k-reciprocal re-ranking of the first "
+                        "--rerank-depth hits (see docs/reranking.md); with --codes, N: re-score "
+                        "the N nearest codes by their float features")
+    s.add_argument("--rerank-depth", type=positive_int, default=100, metavar="N",
+                   help="with --rerank qe|kr: how many first hits are re-ordered (default 100)")
     add_filenames_option(s)
     s.set_defaults(func=cmd_search)
 

@@ -125,8 +125,20 @@ def query_from_members(collection: Collection, paths: Sequence[str | Path], *,
 
 
 def search(collection: Collection, query: Query, *, k: int = 10, min_similarity: float = 0.0,
-           index_kind: str | None = None, **search_kw) -> list[Hit]:
-    """Top-k hits for ``query``, best first, never including removed images."""
+           index_kind: str | None = None, rerank: str = "none", rerank_depth: int = 100,
+           **search_kw) -> list[Hit]:
+    """Top-k hits for ``query``, best first, never including removed images.
+
+    rerank: ``qe`` (alpha query expansion) or ``kr`` (k-reciprocal) re-orders the first
+    ``rerank_depth`` candidates by their stored features (:mod:`cbir.rerank`); each hit keeps
+    its own cosine, distance and similarity to the query.
+    """
+    from cbir.rerank import METHODS
+
+    if rerank not in METHODS:
+        raise InvalidRequest(f"unknown re-ranking {rerank!r}; choose from {', '.join(METHODS)}")
+    if rerank != "none" and rerank_depth < 1:
+        raise InvalidRequest(f"the re-ranking depth must be >= 1, got {rerank_depth}")
     k = check_k(k)
     if not 0.0 <= min_similarity <= 1.0:
         raise InvalidRequest(f"--min-similarity must be between 0 and 1, got {min_similarity}")
@@ -145,12 +157,31 @@ def search(collection: Collection, query: Query, *, k: int = 10, min_similarity:
         if probs is not None:
             kw.setdefault("query_probs", probs[None, :])
     # never ask for more than the index holds: -k 1000000000 must not allocate gigabytes
-    want = min(k + len(query.exclude), len(idx))
+    want = min(max(k, rerank_depth if rerank != "none" else 0) + len(query.exclude), len(idx))
     scores, ids = idx.search(query.vector[None, :].astype(np.float32), want, **kw)
     pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True)
              if i >= 0 and int(i) not in query.exclude]
+    if rerank != "none" and len(pairs) > 1:
+        pairs = _rerank(collection, query, pairs, rerank, rerank_depth)
     return build_hits(collection, [(i, cos, None) for cos, i in pairs], k=k,
                       min_similarity=min_similarity)
+
+
+def _rerank(collection: Collection, query: Query, pairs: list[tuple[float, int]], method: str,
+            depth: int) -> list[tuple[float, int]]:
+    """The first ``depth`` (cosine, id) pairs re-ordered by ``method``; the rest unchanged."""
+    from cbir.rerank import RerankParams, rerank
+
+    head, tail = pairs[:depth], pairs[depth:]
+    got, feats = collection.catalog.features([i for _, i in head])
+    pos = {int(i): n for n, i in enumerate(got)}
+    head = [p for p in head if p[1] in pos]  # a damaged feature: dropped, as build_hits would
+    if len(head) < 2:
+        return head + tail
+    x = np.asarray(feats[[pos[i] for _, i in head]], dtype=np.float32)
+    new = rerank(method, query.vector, x, RerankParams(depth=depth))
+    order = np.argsort(-new, kind="stable")
+    return [head[j] for j in order] + tail
 
 
 def build_hits(collection: Collection, ranked: Sequence[tuple[int, float, int | None]], *,

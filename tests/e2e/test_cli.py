@@ -272,3 +272,29 @@ def test_links_can_be_ignored_so_nothing_outside_a_root_is_reached(tmp_path):
         assert "link.jpg" not in {Path(r.path).name for r in col.catalog.iter_records()}
         rep = index_paths(col, [root], progress=False)  # the CLI default follows links
         assert rep.added == 1
+
+
+def test_rerank_reorders_within_the_first_hits_and_keeps_each_hits_cosine(capsys, photos, coll):
+    from cbir.collection import Collection
+    from cbir.search import query_from_members, search
+
+    assert index_json(capsys, coll, str(photos))[0] == 0
+    like = str(sorted(photos.iterdir())[0])
+    with Collection.open(Path(coll)) as col:
+        query = query_from_members(col, [like])
+        plain = search(col, query, k=11)
+        for method in ("qe", "kr"):
+            got = search(col, query, k=11, rerank=method, rerank_depth=11)
+            assert {h.id for h in got} == {h.id for h in plain}  # the same first hits, re-ordered
+            cos = {h.id: h.cosine for h in plain}
+            assert all(h.cosine == cos[h.id] for h in got) and [h.rank for h in got] == list(range(1, 12))
+        assert [h.id for h in search(col, query, k=11, rerank="none")] == [h.id for h in plain]
+        shallow = search(col, query, k=11, rerank="qe", rerank_depth=3)
+        assert [h.id for h in shallow][3:] == [h.id for h in plain][3:]  # below the depth: untouched
+    code, out, _ = run(capsys, "-c", coll, "search", "--like", like, "--rerank", "qe", "--json")
+    assert code == 0 and len(json.loads(out)["hits"]) == 10
+    code, _, err = run(capsys, "-c", coll, "search", "--like", like, "--rerank", "5")
+    assert code == 2 and "--codes" in err
+    with pytest.raises(SystemExit) as e:
+        main(["-c", coll, "search", "--like", like, "--rerank", "bogus"])
+    assert e.value.code == 2 and "expected one of none, qe, kr" in capsys.readouterr().err

@@ -210,3 +210,12 @@ def test_second_server_on_the_same_collection_is_refused(client, coll):
 
     with pytest.raises(CollectionError, match="already serving"):
         ServiceState(ServiceConfig(collection=coll)).start()
+
+
+def test_search_by_id_can_rerank(client):
+    deep = {h["id"] for h in client.get("/api/search", params={"id": 1, "k": 100}).json()["hits"]}
+    got = client.get("/api/search", params={"id": 1, "k": 5, "rerank": "qe"})
+    assert got.status_code == 200 and len(got.json()["hits"]) == 5
+    assert {h["id"] for h in got.json()["hits"]} <= deep
+    bad = client.get("/api/search", params={"id": 1, "rerank": "bogus"})
+    assert bad.status_code in (400, 422) and "rerank" in bad.text

@@ -133,6 +133,7 @@ def test_trained_model_counts_missing_tags_at_query_time(model):
     assert post.tag_concepts is not None and post.tag_concepts.shape == (60, len(model.concepts))
     q = model.query(["sky", "water"])
     miss = post.missing_tags(q)
-    want = [sum(c not in set(t) for c in ("sky", "water")) if h else 0 for t, h in zip(tags, post.has_text)]
+    want = [sum(c not in set(t) for c in ("sky", "water")) if h else 0
+            for t, h in zip(tags, post.has_text, strict=True)]
     np.testing.assert_array_equal(miss, want)
     assert post.take(np.arange(5)).missing_tags(q).tolist() == want[:5]

@@ -47,6 +47,7 @@ from cbir.service.schemas import (
     Label,
     ModelList,
     RebuildRequest,
+    Rerank,
     Roots,
     SearchResponse,
     TrainJobRequest,
@@ -140,12 +141,13 @@ def _hit_out(h: Hit) -> HitOut:
 
 
 def _search(state: ServiceState, reader: ReaderCollection, query: SearchQuery, k: int,
-            min_similarity: float, kind: str | None) -> tuple[list[Hit], str | None, int]:
+            min_similarity: float, kind: str | None,
+            rerank: str = "none") -> tuple[list[Hit], str | None, int]:
     """Search the shared snapshot (pinned for this call); returns hits, index type, size."""
     idx = state.index_cache.get(reader, kind)
     reader.pinned = idx
     try:
-        hits = search(reader, query, k=k, min_similarity=min_similarity, index_kind=kind)
+        hits = search(reader, query, k=k, min_similarity=min_similarity, index_kind=kind, rerank=rerank)
     finally:
         reader.pinned = None
     return hits, idx.name, len(idx)
@@ -180,6 +182,7 @@ def search_upload(
     k: Annotated[int, Form(ge=1, le=MAX_K, description="number of results")] = 10,
     min_similarity: Annotated[float, Form(ge=0.0, le=1.0, description="drop hits below this")] = 0.0,
     index_type: Annotated[IndexType | None, Form(description="search with this index type")] = None,
+    rerank: Annotated[Rerank, Form(description="re-order the first 100 hits: qe or kr")] = "none",
 ) -> Response:
     """Upload an image; get the K most similar images of the collection, best first."""
     t0 = time.perf_counter()
@@ -200,7 +203,7 @@ def search_upload(
     emb = embed_images([image], ext)
     query = SearchQuery(vector=l2_normalize(emb.features[:1])[0],
                         probs=None if emb.probs is None else emb.probs[0])
-    hits, used, n = _search(state, reader, query, k, min_similarity, kind)
+    hits, used, n = _search(state, reader, query, k, min_similarity, kind, rerank)
     return _json(SearchResponse.model_construct(query={"type": "upload", "name": name}, k=k, index_type=used,
                                                 collection_images=n, took_ms=_ms(t0),
                                                 hits=[_hit_out(h) for h in hits]))
@@ -214,6 +217,7 @@ def search_by_id(
     min_similarity: Annotated[float, Query(ge=0.0, le=1.0)] = 0.0,
     index_type: IndexType | None = None,
     include_self: Annotated[bool, Query(description="keep the query image in the results")] = False,
+    rerank: Annotated[Rerank, Query(description="re-order the first 100 hits: qe or kr")] = "none",
 ) -> Response:
     """Images most similar to one already in the collection (its stored vector; no decoding)."""
     t0 = time.perf_counter()
@@ -226,7 +230,7 @@ def search_by_id(
         raise ApiError(409, "not_indexed", f"image {image_id} could not be indexed: {rec.error}")
     query = SearchQuery(vector=l2_normalize(rec.feature[None, :])[0], labels=[rec.labels],
                         exclude=set() if include_self else {image_id})
-    hits, used, n = _search(state, reader, query, k, min_similarity, kind)
+    hits, used, n = _search(state, reader, query, k, min_similarity, kind, rerank)
     return _json(SearchResponse.model_construct(
         query={"type": "id", "id": image_id, "name": os.path.basename(rec.path)}, k=k, index_type=used,
         collection_images=n, took_ms=_ms(t0), hits=[_hit_out(h) for h in hits]))

@@ -12,6 +12,8 @@ from cbir.index import INDEXES
 #: the vector index backends a search may ask for
 IndexType = Enum("IndexType", {n.replace("-", "_"): n for n in INDEXES.names()}, type=str)  # type: ignore[misc]
 
+#: re-ranking of the first hits (cbir.rerank)
+Rerank = Literal["none", "qe", "kr"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 JobKind = Literal["index", "clear", "rebuild", "train"]
 
