@@ -167,12 +167,13 @@ class Collection:
     # -- searching ------------------------------------------------------------------------
     def search(self, image: ImageSource | Sequence[ImageSource], k: int = 10, *,
                min_similarity: float = 0.0, index_type: str | None = None,
-               rerank: str = "none") -> list[Hit]:
+               rerank: str = "none", min_match: float = 0.0) -> list[Hit]:
         """The ``k`` indexed images most like ``image``, best first.
 
         image: a file path, the file's bytes, a PIL image, or a list of these (their mean
         feature is searched). Each Hit has rank, path, similarity 1/(1+distance), distance,
-        cosine, labels, tags, and ``to_dict()``. rerank: ``"qe"`` (query expansion) or
+        cosine, match (0-100, for people: 0 = as alike as two random photos of the
+        collection), labels, tags, and ``to_dict()``. rerank: ``"qe"`` (query expansion) or
         ``"kr"`` (k-reciprocal) re-orders the first 100 hits (docs/reranking.md).
         """
         from cbir.search import query_from_images, search
@@ -182,11 +183,12 @@ class Collection:
         query = query_from_images(core, [_path(x) if isinstance(x, str | os.PathLike) else x
                                          for x in images])
         return search(core, query, k=k, min_similarity=min_similarity, index_kind=index_type,
-                      rerank=rerank)
+                      rerank=rerank, min_match=min_match)
 
     def search_like(self, path: PathLike | Sequence[PathLike], k: int = 10, *,
                     min_similarity: float = 0.0, include_self: bool = False,
-                    index_type: str | None = None, rerank: str = "none") -> list[Hit]:
+                    index_type: str | None = None, rerank: str = "none",
+                    min_match: float = 0.0) -> list[Hit]:
         """Like :meth:`search`, by image(s) already in the collection: their stored features
         are used, nothing is decoded. The query images are left out unless include_self."""
         from cbir.search import query_from_members, search
@@ -195,7 +197,7 @@ class Collection:
         core = self.core
         query = query_from_members(core, [_path(p) for p in paths], exclude_self=not include_self)
         return search(core, query, k=k, min_similarity=min_similarity, index_kind=index_type,
-                      rerank=rerank)
+                      rerank=rerank, min_match=min_match)
 
     def scene(self, words: str | Sequence[str], k: int = 20, *, model: str | None = None,
               min_score: float = 0.0) -> SceneResult:

@@ -210,7 +210,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             kw[knob] = args.nprobe
         hits = search(col, query, k=args.k, min_similarity=args.min_similarity,
                       index_kind=args.index_type, rerank=args.rerank or "none",
-                      rerank_depth=args.rerank_depth, **kw)
+                      rerank_depth=args.rerank_depth, min_match=args.min_match, **kw)
     return _print_hits(hits, output)
 
 
@@ -224,10 +224,11 @@ def _print_hits(hits: list, output: str) -> int:
         print("no results", file=sys.stderr)
         return EXIT_OK
     ham = hits[0].hamming is not None
-    print(f"{'rank':>4}  {'similarity':>10}  {'distance':>8}  {'cosine':>7}  "
+    print(f"{'rank':>4}  {'match':>6}  {'similarity':>10}  {'distance':>8}  {'cosine':>7}  "
           + ("hamming  " if ham else "") + "path")
     for h in hits:
-        print(f"{h.rank:>4}  {h.similarity:>10.2%}  {h.distance:>8.4f}  {h.cosine:>7.4f}  "
+        match = f"{h.match:>5.1f}%" if h.match is not None else f"{'':>6}"
+        print(f"{h.rank:>4}  {match}  {h.similarity:>10.2%}  {h.distance:>8.4f}  {h.cosine:>7.4f}  "
               + (f"{h.hamming:>7}  " if ham else "") + h.path)
     return EXIT_OK
 
@@ -556,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=positive_int, default=10, help="number of results (default 10)")
     s.add_argument("--min-similarity", type=_fraction, default=0.0,
                    help="drop hits with similarity 1/(1+distance) below this")
+    s.add_argument("--min-match", type=float, default=0.0, metavar="PCT",
+                   help="drop hits whose match (0-100: 0 = as alike as two random photos of the "
+                        "collection, 100 = the same image) is below this")
     s.add_argument("--index-type", choices=index_types[1:], default=None,
                    help="search with this index instead of the collection's")
     s.add_argument("--nprobe", type=positive_int, default=None,

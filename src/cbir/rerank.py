@@ -94,7 +94,7 @@ def k_reciprocal(query: np.ndarray, candidates: np.ndarray, *, k1: int = 20, k2:
     # 2/3 of j's set already lies in i's (the paper's rule), all pairs at once
     shared = recip_h.astype(np.int32) @ recip.T.astype(np.int32)  # [j, i] = |R_h(j) & R(i)|
     size_h = recip_h.sum(axis=1)
-    joins = recip & (shared.T > (2.0 / 3.0) * size_h[None, :])  # [i, j]
+    joins = recip & (2 * size_h[None, :] < 3 * shared.T)  # [i, j]
     expanded = recip | ((joins.astype(np.int32) @ recip_h.astype(np.int32)) > 0)
     w = np.where(expanded, np.exp(-dist), 0.0)
     v = w / w.sum(axis=1, keepdims=True)

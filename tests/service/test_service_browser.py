@@ -154,7 +154,7 @@ def test_search_by_upload(page, server):
     hits = page.locator("#results .hit")
     sync_api.expect(hits).to_have_count(12)
     first = hits.first.locator(".sim").inner_text()
-    assert first.endswith("%") and float(first.split()[0]) > 98
+    assert first.endswith("% match") and float(first.split()[0]) > 98  # the same photo: ~100 %
     assert query.name in hits.first.locator(".name").inner_text()
     wait_images(page)
     shot(page, "search.png")

@@ -135,19 +135,20 @@ def _kind(index_type: IndexType | None, state: ServiceState) -> str | None:
 def _hit_out(h: Hit) -> HitOut:
     return HitOut.model_construct(
         rank=h.rank, id=h.id, path=h.path, name=os.path.basename(h.path), similarity=h.similarity,
-        distance=h.distance, cosine=h.cosine,
+        distance=h.distance, cosine=h.cosine, match=h.match,
         labels=[Label.model_construct(label=n, prob=float(p)) for n, p in h.labels], tags=list(h.tags),
         image_url=f"/api/images/{h.id}", thumbnail_url=f"/api/images/{h.id}/thumbnail")
 
 
 def _search(state: ServiceState, reader: ReaderCollection, query: SearchQuery, k: int,
             min_similarity: float, kind: str | None,
-            rerank: str = "none") -> tuple[list[Hit], str | None, int]:
+            rerank: str = "none", min_match: float = 0.0) -> tuple[list[Hit], str | None, int]:
     """Search the shared snapshot (pinned for this call); returns hits, index type, size."""
     idx = state.index_cache.get(reader, kind)
     reader.pinned = idx
     try:
-        hits = search(reader, query, k=k, min_similarity=min_similarity, index_kind=kind, rerank=rerank)
+        hits = search(reader, query, k=k, min_similarity=min_similarity, index_kind=kind, rerank=rerank,
+                      min_match=min_match)
     finally:
         reader.pinned = None
     return hits, idx.name, len(idx)
@@ -183,6 +184,7 @@ def search_upload(
     min_similarity: Annotated[float, Form(ge=0.0, le=1.0, description="drop hits below this")] = 0.0,
     index_type: Annotated[IndexType | None, Form(description="search with this index type")] = None,
     rerank: Annotated[Rerank, Form(description="re-order the first 100 hits: qe or kr")] = "none",
+    min_match: Annotated[float, Form(ge=0.0, le=100.0, description="drop hits below this match %")] = 0.0,
 ) -> Response:
     """Upload an image; get the K most similar images of the collection, best first."""
     t0 = time.perf_counter()
@@ -203,7 +205,7 @@ def search_upload(
     emb = embed_images([image], ext)
     query = SearchQuery(vector=l2_normalize(emb.features[:1])[0],
                         probs=None if emb.probs is None else emb.probs[0])
-    hits, used, n = _search(state, reader, query, k, min_similarity, kind, rerank)
+    hits, used, n = _search(state, reader, query, k, min_similarity, kind, rerank, min_match)
     return _json(SearchResponse.model_construct(query={"type": "upload", "name": name}, k=k, index_type=used,
                                                 collection_images=n, took_ms=_ms(t0),
                                                 hits=[_hit_out(h) for h in hits]))
@@ -218,6 +220,7 @@ def search_by_id(
     index_type: IndexType | None = None,
     include_self: Annotated[bool, Query(description="keep the query image in the results")] = False,
     rerank: Annotated[Rerank, Query(description="re-order the first 100 hits: qe or kr")] = "none",
+    min_match: Annotated[float, Query(ge=0.0, le=100.0, description="drop hits below this match %")] = 0.0,
 ) -> Response:
     """Images most similar to one already in the collection (its stored vector; no decoding)."""
     t0 = time.perf_counter()
@@ -230,7 +233,7 @@ def search_by_id(
         raise ApiError(409, "not_indexed", f"image {image_id} could not be indexed: {rec.error}")
     query = SearchQuery(vector=l2_normalize(rec.feature[None, :])[0], labels=[rec.labels],
                         exclude=set() if include_self else {image_id})
-    hits, used, n = _search(state, reader, query, k, min_similarity, kind, rerank)
+    hits, used, n = _search(state, reader, query, k, min_similarity, kind, rerank, min_match)
     return _json(SearchResponse.model_construct(
         query={"type": "id", "id": image_id, "name": os.path.basename(rec.path)}, k=k, index_type=used,
         collection_images=n, took_ms=_ms(t0), hits=[_hit_out(h) for h in hits]))

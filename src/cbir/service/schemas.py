@@ -36,6 +36,8 @@ class HitOut(BaseModel):
     similarity: float = Field(description="1 / (1 + Euclidean distance), 0..1")
     distance: float
     cosine: float
+    match: float | None = Field(None, description="0-100 for people: 0 = as alike as two random photos "
+                                "of the collection, 100 = the same image")
     labels: list[Label] = []
     tags: list[str] = []
     image_url: str

@@ -135,7 +135,7 @@ function previewQuery() {
 async function runSearch(byId) {
   clearError();
   const k = parseInt($("#k").value, 10);
-  const minsim = (parseFloat($("#minsim").value) || 0) / 100;
+  const minmatch = Math.min(100, Math.max(0, parseFloat($("#minsim").value) || 0));
   if (!(k >= 1 && k <= 1000)) { showError(new Error("K must be a whole number between 1 and 1000")); return; }
   let data;
   const btn = $("#search-btn");
@@ -143,14 +143,14 @@ async function runSearch(byId) {
   $("#search-status").textContent = "searching…";
   try {
     if (byId) {
-      data = await api("GET", `/api/search?id=${byId}&k=${k}&min_similarity=${minsim}`);
+      data = await api("GET", `/api/search?id=${byId}&k=${k}&min_match=${minmatch}`);
     } else {
       const f = $("#file").files[0];
       if (!f) throw new Error("choose or drop a query image first");
       const fd = new FormData();
       fd.append("file", f);
       fd.append("k", String(k));
-      fd.append("min_similarity", String(minsim));
+      fd.append("min_match", String(minmatch));
       data = await api("POST", "/api/search", fd);
     }
     renderHits(data);
@@ -174,7 +174,9 @@ function renderHits(data) {
         onclick: (ev) => openImage(ev, h.image_url) },
         thumb(h.thumbnail_url, h.name)),
       el("div", { class: "meta" },
-        el("span", { class: "sim", title: `distance ${h.distance.toFixed(4)}` }, pct(h.similarity)),
+        el("span", { class: "sim", title: `match: 0 % = as alike as two random photos here, 100 % = the same image; `
+          + `similarity 1/(1+d) ${pct(h.similarity)}, distance ${h.distance.toFixed(4)}` },
+           h.match == null ? pct(h.similarity) : `${h.match.toFixed(0)} % match`),
         el("button", { type: "button", class: "like", title: "find images like this one",
           onclick: () => runSearch(h.id) }, "similar")),
       el("div", { class: "name", title: h.path }, `#${h.rank} ${h.name}`));
