@@ -167,8 +167,12 @@ class Collection:
     # -- searching ------------------------------------------------------------------------
     def search(self, image: ImageSource | Sequence[ImageSource], k: int = 10, *,
                min_similarity: float = 0.0, index_type: str | None = None,
-               rerank: str = "none", min_match: float = 0.0) -> list[Hit]:
+               rerank: str = "none", min_match: float = 0.0,
+               filters: dict[str, Any] | None = None) -> list[Hit]:
         """The ``k`` indexed images most like ``image``, best first.
+
+        filters: ``{"folder": ..., "after": "2021", "before": ..., "camera": "canon",
+        "min_width": 1000, "min_height": ..., "tags": [...], "gps": True}`` (any of them).
 
         image: a file path, the file's bytes, a PIL image, or a list of these (their mean
         feature is searched). Each Hit has rank, path, similarity 1/(1+distance), distance,
@@ -183,12 +187,12 @@ class Collection:
         query = query_from_images(core, [_path(x) if isinstance(x, str | os.PathLike) else x
                                          for x in images])
         return search(core, query, k=k, min_similarity=min_similarity, index_kind=index_type,
-                      rerank=rerank, min_match=min_match)
+                      rerank=rerank, min_match=min_match, filters=_filters(filters))
 
     def search_like(self, path: PathLike | Sequence[PathLike], k: int = 10, *,
                     min_similarity: float = 0.0, include_self: bool = False,
                     index_type: str | None = None, rerank: str = "none",
-                    min_match: float = 0.0) -> list[Hit]:
+                    min_match: float = 0.0, filters: dict[str, Any] | None = None) -> list[Hit]:
         """Like :meth:`search`, by image(s) already in the collection: their stored features
         are used, nothing is decoded. The query images are left out unless include_self."""
         from cbir.search import query_from_members, search
@@ -197,10 +201,10 @@ class Collection:
         core = self.core
         query = query_from_members(core, [_path(p) for p in paths], exclude_self=not include_self)
         return search(core, query, k=k, min_similarity=min_similarity, index_kind=index_type,
-                      rerank=rerank, min_match=min_match)
+                      rerank=rerank, min_match=min_match, filters=_filters(filters))
 
     def scene(self, words: str | Sequence[str], k: int = 20, *, model: str | None = None,
-              min_score: float = 0.0) -> SceneResult:
+              min_score: float = 0.0, filters: dict[str, Any] | None = None) -> SceneResult:
         """Images that show ALL the words of the query (``"dog beach"``), best first.
 
         With no trained concept model (or ``model="builtin"``) the built-in concepts answer
@@ -210,4 +214,20 @@ class Collection:
         """
         from cbir.scenes import scene_search
 
-        return scene_search(self.core, words, k=k, model_name=model, min_score=min_score)
+        return scene_search(self.core, words, k=k, model_name=model, min_score=min_score,
+                            filters=_filters(filters))
+
+
+def _filters(filters: dict[str, Any] | None) -> Any:
+    """The API's filter dict as :class:`cbir.store.photometa.Filters` (unknown keys refused)."""
+    if not filters:
+        return None
+    import dataclasses
+
+    from cbir.store.photometa import Filters
+
+    known = {f.name for f in dataclasses.fields(Filters)}
+    bad = sorted(set(filters) - known)
+    if bad:
+        raise InvalidRequest(f"unknown filter(s) {', '.join(bad)}; use {', '.join(sorted(known))}")
+    return Filters(**filters)

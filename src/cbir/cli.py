@@ -25,7 +25,10 @@ from typing import Any
 from cbir import __version__
 from cbir.commands.common import (
     add_filenames_option,
+    add_filter_options,
     create_or_open_collection,
+    filter_notes,
+    filters_from_args,
     log_for,
     open_collection,
     output_mode,
@@ -183,6 +186,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise InvalidRequest("--rerank N re-scores learned codes (with --codes); to re-rank a feature "
                              "search use --rerank qe or --rerank kr")
     output = output_mode(args)
+    flt = filters_from_args(args)
+    if flt is not None and args.codes:
+        raise InvalidRequest("filters apply to feature searches; leave out --codes to filter")
     with _open(args) as col:
         need_regions = False
         if args.codes:
@@ -210,7 +216,12 @@ def cmd_search(args: argparse.Namespace) -> int:
             kw[knob] = args.nprobe
         hits = search(col, query, k=args.k, min_similarity=args.min_similarity,
                       index_kind=args.index_type, rerank=args.rerank or "none",
-                      rerank_depth=args.rerank_depth, min_match=args.min_match, **kw)
+                      rerank_depth=args.rerank_depth, min_match=args.min_match,
+                      filters=flt, **kw)
+        notes = filter_notes(col, flt)
+    if output == "table":
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     return _print_hits(hits, output)
 
 
@@ -415,7 +426,8 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     if args.csv and args.json:
         raise InvalidRequest("--csv and --json are two output formats: give one of them")
     with _open(args) as col:
-        groups = find_duplicates(col, args.threshold, near=not args.exact_only)
+        groups = find_duplicates(col, args.threshold, near=not args.exact_only,
+                                 filters=filters_from_args(args))
     if args.json:
         print_json({"threshold": args.threshold, "groups": [g.as_dict() for g in groups]})
         return EXIT_OK
@@ -574,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the N nearest codes by their float features")
     s.add_argument("--rerank-depth", type=positive_int, default=100, metavar="N",
                    help="with --rerank qe|kr: how many first hits are re-ordered (default 100)")
+    add_filter_options(s)
     add_filenames_option(s)
     s.set_defaults(func=cmd_search)
 
@@ -689,6 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "higher finds fewer)")
     s.add_argument("--exact-only", action="store_true", help="only byte-identical files (sha256)")
     s.add_argument("--csv", action="store_true", help="CSV: group, path, keeper (1/0), similarity")
+    add_filter_options(s)
     s.set_defaults(func=cmd_duplicates)
 
     s = sub.add_parser("demo", help="index scikit-image's sample photos and run a search")

@@ -108,7 +108,7 @@ def check_threshold(threshold: float) -> float:
 
 
 def similar_pairs(col: Any, threshold: float = DEFAULT_THRESHOLD, k: int = DEFAULT_K,
-                  ) -> dict[tuple[int, int], float]:
+                  allowed: np.ndarray | None = None) -> dict[tuple[int, int], float]:
     """{(id_a, id_b) with id_a < id_b: cosine} for pairs with cosine >= ``threshold``.
 
     Each image's ``k`` nearest neighbours come from the collection's vector index (exact below
@@ -120,7 +120,7 @@ def similar_pairs(col: Any, threshold: float = DEFAULT_THRESHOLD, k: int = DEFAU
         from cbir.index import choose_index
 
         idx = col.index(choose_index(len(idx)), persist=False)
-    ids_all = col.catalog.ok_ids()
+    ids_all = col.catalog.ok_ids() if allowed is None else np.asarray(allowed, dtype=np.int64)
     kk = min(k + 1, len(idx))
     pairs: dict[tuple[int, int], float] = {}
     if kk < 2:
@@ -135,7 +135,7 @@ def similar_pairs(col: Any, threshold: float = DEFAULT_THRESHOLD, k: int = DEFAU
         rows, cols = np.nonzero((scores >= threshold) & (nbrs >= 0))
         for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
             a, b = int(ids[r]), int(nbrs[r, c])
-            if a == b:
+            if a == b or (allowed is not None and not _member(allowed, b)):
                 continue
             key = (a, b) if a < b else (b, a)
             s = float(scores[r, c])
@@ -162,15 +162,28 @@ def keeper_key(m: Member) -> tuple:
     return (-pixels, -m.size, m.mtime_ns, m.path)
 
 
+def _member(sorted_ids: np.ndarray, i: int) -> bool:
+    j = int(np.searchsorted(sorted_ids, i))
+    return j < len(sorted_ids) and int(sorted_ids[j]) == i
+
+
 def find_duplicates(col: Any, threshold: float = DEFAULT_THRESHOLD, *, k: int = DEFAULT_K,
-                    near: bool = True) -> list[Group]:
-    """Groups of exact and (with ``near``) near-duplicate images, each with a suggested keeper."""
+                    near: bool = True, filters: Any | None = None) -> list[Group]:
+    """Groups of exact and (with ``near``) near-duplicate images, each with a suggested keeper;
+    with ``filters`` (:class:`~cbir.store.photometa.Filters`) among the images that pass only."""
     check_threshold(threshold)
+    allowed = None
+    if filters is not None and filters.active:
+        from cbir.store.photometa import matching_ids
+
+        allowed = matching_ids(col.catalog, filters)
     edges: list[tuple[int, int]] = []
     for g in exact_groups(col):
+        if allowed is not None:
+            g = [i for i in g if _member(allowed, i)]
         edges += [(g[0], other) for other in g[1:]]
     if near:
-        edges += list(similar_pairs(col, threshold, k))
+        edges += list(similar_pairs(col, threshold, k, allowed=allowed))
     comps = components(edges)
     if not comps:
         return []

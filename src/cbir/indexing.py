@@ -24,12 +24,14 @@ from typing import Any
 import numpy as np
 
 from cbir.collection import Collection
+from cbir.errors import InvalidImage
 from cbir.extract.base import top_labels
 from cbir.extract.pipeline import embed_files
 from cbir.io.files import DEFAULT_MAX_BYTES, FoundFile, SkippedFile, iter_files
+from cbir.io.metadata import PhotoMeta, meta_from_bytes, read_meta
 from cbir.io.saferead import read_file
 from cbir.io.tags import read_tags
-from cbir.store import ImageRecord
+from cbir.store import ImageRecord, photometa
 
 ProgressFn = Callable[[int, int], None]
 
@@ -48,6 +50,8 @@ class IndexReport:
     seconds: float = 0.0
     processed: int = 0
     index_type: str | None = None
+    #: images indexed earlier whose photo metadata (EXIF date, camera) was read in this run
+    metadata_read: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -65,7 +69,7 @@ class IndexReport:
             "skipped": len(self.problems), "skipped_reasons": dict(reasons.most_common()),
             "skipped_files": [{"path": p, "reason": r} for p, r in self.problems],
             "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 1),
-            "index_type": self.index_type,
+            "index_type": self.index_type, "metadata_read": self.metadata_read,
         }
 
     def to_dict(self) -> dict:
@@ -203,6 +207,9 @@ def index_paths(
         pending: list[ImageRecord] = []
         last_commit = time.monotonic()
 
+        metas: dict[int, Any] = {}  # key -> PhotoMeta, read from the bytes already in memory
+        pending_meta: list[Any] = []  # aligned with pending: PhotoMeta or None
+
         def flush() -> None:
             nonlocal last_commit
             if pending:
@@ -210,7 +217,11 @@ def index_paths(
                 for rec, rid in zip(pending, ids, strict=True):
                     if rec.status == "ok" and rec.sha256 and rec.sha256 not in hashes:
                         hashes[rec.sha256] = rid
+                # after the images: a kill in between only leaves them without metadata
+                photometa.put(catalog, [(rid, m) for rid, m in zip(ids, pending_meta, strict=True)
+                                        if m is not None])
                 pending.clear()
+                pending_meta.clear()
             last_commit = time.monotonic()
 
         def known_content(_key: int, sha256: str) -> bool:
@@ -221,6 +232,7 @@ def index_paths(
             return read_file(f.read_path, max_bytes=max_bytes, identity=f.ident, label=str(f.path))
 
         def tags_of(key: int, _path: Path, data: bytes) -> list[str]:
+            metas[key] = meta_from_bytes(data)
             return read_tags(todo[key].path, data=data)
 
         run_hashes: set[str] = set()  # contents embedded in this run, not yet committed
@@ -274,6 +286,7 @@ def index_paths(
                     else:
                         report.added += 1
                 pending.append(rec)
+                pending_meta.append(metas.pop(res.key, None) if rec.status == "ok" else None)
                 done += 1
                 report.processed += 1
                 if bar is not None:
@@ -290,7 +303,51 @@ def index_paths(
             if bar is not None:
                 bar.close()
 
+    if stop is None or not stop.is_set():
+        report.metadata_read = read_missing_metadata(collection, roots, max_bytes=max_bytes,
+                                                     progress=progress, stop=stop)
     idx = collection.index()
     report.index_type = idx.name
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def read_missing_metadata(collection: Collection, roots: Iterable[Path], *, max_bytes: int,
+                          progress: bool = False, stop: threading.Event | None = None) -> int:
+    """Read the photo metadata (EXIF date, camera, GPS) of indexed images under ``roots`` that
+    have none (indexed before cbir kept it, or a run killed between the two commits): only
+    the files' headers, safely; a file that cannot be read keeps no metadata. Returns how
+    many were read. The caller holds the writer lock."""
+    catalog = collection.catalog
+    prefixes = [_abspath(r) for r in roots]
+    todo = [(i, p) for i, p, _ in photometa.missing(catalog)
+            if any(p == r or p.startswith(r.rstrip(os.sep) + os.sep) for r in prefixes)]
+    if not todo:
+        return 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True,
+                   desc="photo metadata")
+    rows: list[tuple[int, Any]] = []
+    done = 0
+    try:
+        for i, p in todo:
+            if stop is not None and stop.is_set():
+                break
+            try:
+                rows.append((i, read_meta(p, max_bytes=max_bytes)))
+            except (InvalidImage, OSError):
+                rows.append((i, PhotoMeta()))  # unreadable now: an empty row, not asked again
+            done += 1
+            if bar is not None:
+                bar.update(1)
+            if len(rows) >= 1000:
+                photometa.put(catalog, rows)
+                rows.clear()
+    finally:
+        photometa.put(catalog, rows)
+        if bar is not None:
+            bar.close()
+    return done

@@ -272,7 +272,8 @@ def weak_concepts(model: Any, concepts: Sequence[int] | None = None) -> list[str
 
 
 def scene_search(col: Collection, query: str | Sequence[str], *, k: int = 20, model_name: str | None = None,
-                 vectors: Any | None = None, min_score: float = 0.0, model: Any | None = None) -> SceneResult:
+                 vectors: Any | None = None, min_score: float = 0.0, model: Any | None = None,
+                 filters: Any | None = None) -> SceneResult:
     """Images that show every concept of ``query``, best first (SSIR, eqs. 7-13).
 
     model: an already loaded concept model (else ``model_name`` is loaded). With no trained
@@ -280,15 +281,21 @@ def scene_search(col: Collection, query: str | Sequence[str], *, k: int = 20, mo
     needed). With a trained model and no model named, the two form one vocabulary: a word
     the trained model knows (and learnt from enough images) is scored by it, any other word
     by the built-in concepts, and the image's score is the geometric mean of its per-word
-    probabilities (:func:`_merged_search`).
+    probabilities (:func:`_merged_search`). filters (:class:`~cbir.store.photometa.Filters`):
+    only images that pass are ranked.
     """
     from cbir.words import BUILTIN_MODEL, word_search
 
     if k < 1:
         raise InvalidRequest(f"k must be >= 1, got {k}")
+    allowed = None
+    if filters is not None and filters.active:
+        from cbir.store.photometa import matching_ids
+
+        allowed = matching_ids(col.catalog, filters)
     if model is None and (model_name == BUILTIN_MODEL or (
             model_name is None and not list_concept_models(col))):
-        return word_search(col, query, k=k, min_score=min_score)
+        return word_search(col, query, k=k, min_score=min_score, allowed=allowed)
     named = model_name is not None or model is not None
     model = model if model is not None else load_concept_model(col, model_name)
     try:
@@ -296,11 +303,14 @@ def scene_search(col: Collection, query: str | Sequence[str], *, k: int = 20, mo
     except InvalidRequest:
         if named:
             raise
-        return _merged_search(col, model, query, k=k, min_score=min_score, vectors=vectors)
+        return _merged_search(col, model, query, k=k, min_score=min_score, vectors=vectors,
+                              allowed=allowed)
     q = model.query(parsed.concepts)
     if weak_concepts(model, q) and not named:  # a concept learnt from a handful of images
-        return _merged_search(col, model, query, k=k, min_score=min_score, vectors=vectors)
-    return _ssir_search(col, model, q, k=k, min_score=min_score, notes=parsed.notes, terms=parsed.terms)
+        return _merged_search(col, model, query, k=k, min_score=min_score, vectors=vectors,
+                              allowed=allowed)
+    return _ssir_search(col, model, q, k=k, min_score=min_score, notes=parsed.notes, terms=parsed.terms,
+                        allowed=allowed)
 
 
 #: posteriors of a whole collection kept per (catalog, generation, model) for repeated
@@ -477,14 +487,24 @@ def collection_posteriors(col: Collection, model: Any) -> tuple[list[Any], Any]:
     return recs, post
 
 
+def _allowed_mask(recs: Sequence[Any], allowed: np.ndarray | None) -> np.ndarray | None:
+    if allowed is None:
+        return None
+    return np.isin(np.fromiter((r.id for r in recs), dtype=np.int64, count=len(recs)), allowed)
+
+
 def _ssir_search(col: Collection, model: Any, q: tuple[int, ...], *, k: int, min_score: float,
-                 notes: list[str], terms: list[dict[str, Any]]) -> SceneResult:
+                 notes: list[str], terms: list[dict[str, Any]],
+                 allowed: np.ndarray | None = None) -> SceneResult:
     from cbir.concepts.relevance import COMPONENTS
     from cbir.concepts.scene_model import scene_components
 
     recs, post = collection_posteriors(col, model)
     comps = scene_components(model.scorer, q, post)
     scores = model.fuse(comps, post, q)
+    mask = _allowed_mask(recs, allowed)
+    if mask is not None:
+        scores = np.where(mask, scores, -np.inf)
     order = np.argsort(-scores, kind="stable")[:k]
     order = order[scores[order] >= min_score]
     hits = []
@@ -503,7 +523,7 @@ def _ssir_search(col: Collection, model: Any, q: tuple[int, ...], *, k: int, min
 
 
 def _merged_search(col: Collection, model: Any, query: str | Sequence[str], *, k: int, min_score: float,
-                   vectors: Any | None) -> SceneResult:
+                   vectors: Any | None, allowed: np.ndarray | None = None) -> SceneResult:
     """One vocabulary of the trained and the built-in concepts (issue 11, part 2).
 
     Each word goes to the trained model when it knows it by name and learnt it from at least
@@ -521,7 +541,7 @@ def _merged_search(col: Collection, model: Any, query: str | Sequence[str], *, k
     if matrix.nnz == 0:  # no ImageNet class probabilities (another extractor): the model alone
         parsed = parse_query(model, query, vectors)  # raises its own clear error for unknown words
         return _ssir_search(col, model, model.query(parsed.concepts), k=k, min_score=min_score,
-                            notes=parsed.notes, terms=parsed.terms)
+                            notes=parsed.notes, terms=parsed.terms, allowed=allowed)
     bc = load_builtin()
     words = bc.parse_query(query) if isinstance(query, str) else [w for x in query for w in bc.parse_query(x)]
     if not words:
@@ -560,11 +580,11 @@ def _merged_search(col: Collection, model: Any, query: str | Sequence[str], *, k
     trained = [x for kind, x in plan if kind == "trained"]
     builtin_words = [x for kind, x in plan if kind == "builtin"]
     if not trained:
-        return word_search(col, builtin_words, k=k, min_score=min_score, notes=notes)
+        return word_search(col, builtin_words, k=k, min_score=min_score, notes=notes, allowed=allowed)
     if not builtin_words:
         q = tuple(dict.fromkeys(c for c, _ in trained))
         return _ssir_search(col, model, q, k=k, min_score=min_score, notes=notes,
-                            terms=[term for _, term in trained])
+                            terms=[term for _, term in trained], allowed=allowed)
     recs, post = collection_posteriors(col, model)
     resolved, found = resolve_words(builtin_words)
     notes.extend(found)
@@ -576,6 +596,9 @@ def _merged_search(col: Collection, model: Any, query: str | Sequence[str], *, k
     ev_trained = np.column_stack([model.score((c,), post) for c in q_trained])
     ev = np.column_stack([ev_trained, ev_builtin]).astype(np.float32)
     scores = rank(ev)
+    mask = _allowed_mask(recs, allowed)
+    if mask is not None:
+        scores = np.where(mask, scores, 0.0)  # 0 is never a hit (scores must be > min_score >= 0)
     order = np.argsort(-scores, kind="stable")[:k]
     order = order[scores[order] > max(min_score, 0.0)]
     labels_b = [bc.label(r.concept_id) if len(r.concept_ids) == 1 else r.name for r in resolved]

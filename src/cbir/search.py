@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -22,6 +23,7 @@ from cbir.extract.base import l2_normalize
 from cbir.extract.pipeline import embed_images
 from cbir.index.base import check_k
 from cbir.io.images import from_pil, load_image
+from cbir.store.photometa import Filters
 
 
 @dataclass
@@ -85,14 +87,27 @@ def match_baseline(collection: Collection) -> float:
         rng = np.random.default_rng(gen)
         want = (np.arange(1, top + 1) if top <= MATCH_SAMPLE  # a small collection: every image
                 else np.unique(rng.integers(1, top + 1, size=4 * MATCH_SAMPLE)))
-        _, feats = cat.features(want.tolist())
-        feats = np.asarray(feats[:MATCH_SAMPLE], dtype=np.float32)
+        feats = _sample_features(cat, want[: 4 * MATCH_SAMPLE].tolist())[:MATCH_SAMPLE]
         if len(feats) >= 2:
             x = l2_normalize(feats)
             sims = (x @ x.T)[np.triu_indices(len(x), 1)]
             base = float(np.clip(np.median(sims), 0.0, 0.99))
     _BASELINES[key] = (gen, base)
     return base
+
+
+def _sample_features(cat: Any, ids: list[int]) -> np.ndarray:
+    """float32 features of these ok ids, read directly: a damaged row is simply not sampled (the
+    search that asked already names it once; the match scale must not say it again)."""
+    rows = []
+    for lo in range(0, len(ids), 500):
+        chunk = ids[lo:lo + 500]
+        rows += cat.db.execute(
+            f"SELECT feature FROM images WHERE status='ok' AND id IN ({','.join('?' * len(chunk))})",
+            chunk).fetchall()
+    want = 2 * cat.dim
+    vecs = [np.frombuffer(b, dtype="<f2") for (b,) in rows if b is not None and len(b) == want]
+    return np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, cat.dim), np.float32)
 
 
 def match_score(cos: float, baseline: float) -> float:
@@ -172,12 +187,14 @@ def query_from_members(collection: Collection, paths: Sequence[str | Path], *,
 
 def search(collection: Collection, query: Query, *, k: int = 10, min_similarity: float = 0.0,
            index_kind: str | None = None, rerank: str = "none", rerank_depth: int = 100,
-           min_match: float = 0.0, **search_kw) -> list[Hit]:
+           min_match: float = 0.0, filters: Filters | None = None, **search_kw) -> list[Hit]:
     """Top-k hits for ``query``, best first, never including removed images.
 
     rerank: ``qe`` (alpha query expansion) or ``kr`` (k-reciprocal) re-orders the first
     ``rerank_depth`` candidates by their stored features (:mod:`cbir.rerank`); each hit keeps
-    its own cosine, distance and similarity to the query.
+    its own cosine, distance and similarity to the query. filters: only images that pass
+    (:class:`~cbir.store.photometa.Filters`): up to EXACT_FILTER_LIMIT of them are searched
+    exactly over their stored features; more, through the index with a growing post-filter.
     """
     from cbir.rerank import METHODS
 
@@ -204,15 +221,61 @@ def search(collection: Collection, query: Query, *, k: int = 10, min_similarity:
             probs = query.class_probs(collection.extractor.class_names)
         if probs is not None:
             kw.setdefault("query_probs", probs[None, :])
+    need = max(k, rerank_depth if rerank != "none" else 0)
+    allowed = None
+    if filters is not None and filters.active:
+        from cbir.store.photometa import matching_ids
+
+        allowed = matching_ids(collection.catalog, filters)
+        if len(allowed) <= EXACT_FILTER_LIMIT:
+            pairs = _exact_pairs(collection, query, allowed, need)
+            if rerank != "none" and len(pairs) > 1:
+                pairs = _rerank(collection, query, pairs, rerank, rerank_depth)
+            return build_hits(collection, [(i, cos, None) for cos, i in pairs], k=k,
+                              min_similarity=min_similarity, min_match=min_match)
     # never ask for more than the index holds: -k 1000000000 must not allocate gigabytes
-    want = min(max(k, rerank_depth if rerank != "none" else 0) + len(query.exclude), len(idx))
-    scores, ids = idx.search(query.vector[None, :].astype(np.float32), want, **kw)
-    pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True)
-             if i >= 0 and int(i) not in query.exclude]
+    want = min(need + len(query.exclude), len(idx))
+    while True:
+        scores, ids = idx.search(query.vector[None, :].astype(np.float32), want, **kw)
+        pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True)
+                 if i >= 0 and int(i) not in query.exclude]
+        if allowed is None:
+            break
+        keep = np.isin(np.array([i for _, i in pairs], dtype=np.int64), allowed)
+        pairs = [p for p, ok in zip(pairs, keep, strict=True) if ok]
+        if len(pairs) >= need or want >= len(idx):
+            break
+        want = min(want * 4, len(idx))  # too few passed the filter: look deeper
     if rerank != "none" and len(pairs) > 1:
         pairs = _rerank(collection, query, pairs, rerank, rerank_depth)
     return build_hits(collection, [(i, cos, None) for cos, i in pairs], k=k,
                       min_similarity=min_similarity, min_match=min_match)
+
+
+#: a filtered search over at most this many images is exact (their stored features)
+EXACT_FILTER_LIMIT = 20_000
+
+
+def _exact_pairs(collection: Collection, query: Query, allowed: np.ndarray,
+                 need: int) -> list[tuple[float, int]]:
+    """The best ``need`` (cosine, id) among ``allowed`` ids, by brute force, in chunks."""
+    best_s: list[np.ndarray] = []
+    best_i: list[np.ndarray] = []
+    q = np.asarray(query.vector, dtype=np.float32)
+    ids_all = np.asarray([i for i in allowed.tolist() if i not in query.exclude], dtype=np.int64)
+    for lo in range(0, len(ids_all), 4096):
+        got, feats = collection.catalog.features(ids_all[lo:lo + 4096].tolist())
+        if not len(got):
+            continue
+        s = l2_normalize(np.asarray(feats, dtype=np.float32)) @ q
+        best_s.append(s)
+        best_i.append(np.asarray(got, dtype=np.int64))
+    if not best_s:
+        return []
+    s = np.concatenate(best_s)
+    ids = np.concatenate(best_i)
+    order = np.lexsort((ids, -s))[:need]
+    return [(float(s[j]), int(ids[j])) for j in order]
 
 
 def _rerank(collection: Collection, query: Query, pairs: list[tuple[float, int]], method: str,

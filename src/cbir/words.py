@@ -150,8 +150,10 @@ def rank(ev: np.ndarray) -> np.ndarray:
 
 
 def word_search(col: Any, query: str | Sequence[str], *, k: int = 20, min_score: float = 0.0,
-                neighbours: Any | None = None, notes: Sequence[str] = ()) -> Any:
-    """Images that show every word of ``query``, best first, by the built-in concepts."""
+                neighbours: Any | None = None, notes: Sequence[str] = (),
+                allowed: np.ndarray | None = None) -> Any:
+    """Images that show every word of ``query``, best first, by the built-in concepts
+    (only ``allowed`` ids, sorted int64, when given: a search's filters)."""
     from cbir.scenes import SceneHit, SceneResult
 
     if k < 1:
@@ -171,6 +173,8 @@ def word_search(col: Any, query: str | Sequence[str], *, k: int = 20, min_score:
     bc = load_builtin()
     ev = evidence(matrix, resolved)
     scores = rank(ev)
+    if allowed is not None:
+        scores = np.where(np.isin(ids, allowed), scores, 0.0)  # 0 is never a hit
     k = min(k, len(ids))
     order = np.argsort(-scores, kind="stable")[:k]
     order = order[scores[order] > max(min_score, 0.0)]

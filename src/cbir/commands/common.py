@@ -91,3 +91,49 @@ def create_or_open_collection(directory: Path | str | None, extractor: str | Non
     from cbir.collection import Collection
 
     return Collection.create_or_open(directory, extractor)  # type: ignore[arg-type]
+
+
+def add_filter_options(s: argparse.ArgumentParser) -> None:
+    """``--folder --after --before --camera --min-width --min-height --tag --geotagged``."""
+    g = s.add_argument_group("filters (every one narrows the results)")
+    g.add_argument("--folder", action="append", default=[], metavar="DIR",
+                   help="only images under this folder (repeat for several)")
+    g.add_argument("--after", metavar="DATE", default=None,
+                   help="only photos taken on or after this date (EXIF): 2021, 2021-07 or 2021-07-04")
+    g.add_argument("--before", metavar="DATE", default=None,
+                   help="only photos taken before this date (EXIF)")
+    g.add_argument("--camera", metavar="TEXT", default=None,
+                   help="only photos whose camera make or model contains this (any case)")
+    g.add_argument("--min-width", type=int, default=None, metavar="PX",
+                   help="only images at least this wide")
+    g.add_argument("--min-height", type=int, default=None, metavar="PX",
+                   help="only images at least this tall")
+    g.add_argument("--tag", action="append", default=[], metavar="TAG",
+                   help="only images with this tag (repeat: all of them)")
+    g.add_argument("--geotagged", action="store_true", default=None,
+                   help="only photos with GPS coordinates in their EXIF")
+
+
+def filters_from_args(args: argparse.Namespace) -> Any:
+    """The parsed filter options as a :class:`~cbir.store.photometa.Filters` (None if none given)."""
+    from cbir.store.photometa import Filters
+
+    f = Filters(folder=args.folder, after=args.after, before=args.before, camera=args.camera,
+                min_width=args.min_width, min_height=args.min_height, tags=args.tag,
+                gps=True if args.geotagged else None)
+    return f if f.active else None
+
+
+def filter_notes(col: Any, f: Any) -> list[str]:
+    """What a filtered search should tell: the filters, and images a metadata filter cannot see."""
+    if f is None:
+        return []
+    from cbir.store.photometa import without_metadata
+
+    notes = [f"filters: {f.describe()}"]
+    if f.needs_metadata:
+        n = without_metadata(col.catalog)
+        if n:
+            notes.append(f"{n} image(s) have no photo metadata yet and are left out by date/camera/GPS "
+                         "filters; `cbir index FOLDER` reads it")
+    return notes

@@ -19,6 +19,9 @@ from typing import Any
 
 from cbir.commands.common import (
     add_filenames_option,
+    add_filter_options,
+    filter_notes,
+    filters_from_args,
     log_for,
     open_collection,
     output_mode,
@@ -119,8 +122,10 @@ def cmd_scene(args: argparse.Namespace) -> int:
     from cbir.scenes import scene_search
 
     output = output_mode(args)
+    flt = filters_from_args(args)
     with _open(args) as col:
-        res = scene_search(col, " ".join(args.query), k=args.k, model_name=args.model)
+        res = scene_search(col, " ".join(args.query), k=args.k, model_name=args.model, filters=flt)
+        res.notes = [*filter_notes(col, flt), *res.notes]
     if output == "json":
         print_json(res.as_dict())
         return EXIT_OK
@@ -251,6 +256,7 @@ def register(sub: Any, parser_class: Any) -> None:
     s.add_argument("query", nargs="+", help='concepts, e.g. "sky water boats" or "sky, water, boat"')
     s.add_argument("-k", type=positive_int, default=20, help="number of results (default 20)")
     s.add_argument("--model", default=None, help="concept model name (default: the only one / 'scenes')")
+    add_filter_options(s)
     add_filenames_option(s)
     s.set_defaults(func=cmd_scene)
 

@@ -31,6 +31,7 @@ from cbir.search import Hit, search
 from cbir.search import Query as SearchQuery
 from cbir.service import training
 from cbir.service.errors import ApiError
+from cbir.service.filter_params import search_filters
 from cbir.service.jobs import FINISHED
 from cbir.service.safezip import ZipLimits, safe_extract
 from cbir.service.schemas import (
@@ -141,14 +142,14 @@ def _hit_out(h: Hit) -> HitOut:
 
 
 def _search(state: ServiceState, reader: ReaderCollection, query: SearchQuery, k: int,
-            min_similarity: float, kind: str | None,
-            rerank: str = "none", min_match: float = 0.0) -> tuple[list[Hit], str | None, int]:
+            min_similarity: float, kind: str | None, rerank: str = "none", min_match: float = 0.0,
+            filters: Any = None) -> tuple[list[Hit], str | None, int]:
     """Search the shared snapshot (pinned for this call); returns hits, index type, size."""
     idx = state.index_cache.get(reader, kind)
     reader.pinned = idx
     try:
         hits = search(reader, query, k=k, min_similarity=min_similarity, index_kind=kind, rerank=rerank,
-                      min_match=min_match)
+                      min_match=min_match, filters=filters)
     finally:
         reader.pinned = None
     return hits, idx.name, len(idx)
@@ -185,6 +186,7 @@ def search_upload(
     index_type: Annotated[IndexType | None, Form(description="search with this index type")] = None,
     rerank: Annotated[Rerank, Form(description="re-order the first 100 hits: qe or kr")] = "none",
     min_match: Annotated[float, Form(ge=0.0, le=100.0, description="drop hits below this match %")] = 0.0,
+    filters: Annotated[Any, Depends(search_filters)] = None,
 ) -> Response:
     """Upload an image; get the K most similar images of the collection, best first."""
     t0 = time.perf_counter()
@@ -205,7 +207,7 @@ def search_upload(
     emb = embed_images([image], ext)
     query = SearchQuery(vector=l2_normalize(emb.features[:1])[0],
                         probs=None if emb.probs is None else emb.probs[0])
-    hits, used, n = _search(state, reader, query, k, min_similarity, kind, rerank, min_match)
+    hits, used, n = _search(state, reader, query, k, min_similarity, kind, rerank, min_match, filters)
     return _json(SearchResponse.model_construct(query={"type": "upload", "name": name}, k=k, index_type=used,
                                                 collection_images=n, took_ms=_ms(t0),
                                                 hits=[_hit_out(h) for h in hits]))
@@ -221,6 +223,7 @@ def search_by_id(
     include_self: Annotated[bool, Query(description="keep the query image in the results")] = False,
     rerank: Annotated[Rerank, Query(description="re-order the first 100 hits: qe or kr")] = "none",
     min_match: Annotated[float, Query(ge=0.0, le=100.0, description="drop hits below this match %")] = 0.0,
+    filters: Annotated[Any, Depends(search_filters)] = None,
 ) -> Response:
     """Images most similar to one already in the collection (its stored vector; no decoding)."""
     t0 = time.perf_counter()
@@ -233,7 +236,7 @@ def search_by_id(
         raise ApiError(409, "not_indexed", f"image {image_id} could not be indexed: {rec.error}")
     query = SearchQuery(vector=l2_normalize(rec.feature[None, :])[0], labels=[rec.labels],
                         exclude=set() if include_self else {image_id})
-    hits, used, n = _search(state, reader, query, k, min_similarity, kind, rerank, min_match)
+    hits, used, n = _search(state, reader, query, k, min_similarity, kind, rerank, min_match, filters)
     return _json(SearchResponse.model_construct(
         query={"type": "id", "id": image_id, "name": os.path.basename(rec.path)}, k=k, index_type=used,
         collection_images=n, took_ms=_ms(t0), hits=[_hit_out(h) for h in hits]))

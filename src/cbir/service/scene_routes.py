@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from cbir.errors import InvalidRequest
 from cbir.io.images import load_image
 from cbir.service.errors import ApiError
+from cbir.service.filter_params import search_filters
 from cbir.service.routes import ERRORS, MAX_K, MODEL_NAME, _reader, get_state
 from cbir.service.state import ServiceState
 
@@ -27,6 +28,8 @@ MAX_QUERY = 500
 class ConceptEvidence(BaseModel):
     visual: float = Field(description="p(concept | image) from the visual classifier")
     text: float | None = Field(description="p(concept | tags) from the text classifier; null without tags")
+    probability: float | None = Field(None, description="a trained concept's fused probability "
+                                      "(visual, tags, absent tags) when the query mixes models")
 
 
 class SceneHitOut(BaseModel):
@@ -93,6 +96,7 @@ def scene_search_route(
     model: Annotated[str | None, Query(max_length=64, pattern=MODEL_NAME,
                                        description="concept model (default: the only trained one, else "
                                                    "'builtin', the concepts every collection has)")] = None,
+    filters: Annotated[Any, Depends(search_filters)] = None,
 ) -> SceneResponse:
     """Images that show ALL the concepts of the query, best first, with per-concept evidence."""
     from cbir.scenes import scene_search
@@ -100,9 +104,9 @@ def scene_search_route(
     t0 = time.perf_counter()
     reader = _reader(state)
     if model is None or model == "builtin":  # no training needed: the built-in concepts answer
-        res = scene_search(reader, q, k=k, model_name=model)
+        res = scene_search(reader, q, k=k, model_name=model, filters=filters)
     else:
-        res = scene_search(reader, q, k=k, model=_load(reader, model))
+        res = scene_search(reader, q, k=k, model=_load(reader, model), filters=filters)
     hits = [SceneHitOut(rank=h.rank, id=h.id, path=h.path, name=os.path.basename(h.path), score=h.score,
                         evidence={c: ConceptEvidence(**e) for c, e in h.evidence.items()},
                         components=h.components, tags=h.tags, image_url=f"/api/images/{h.id}",
