@@ -103,6 +103,11 @@ class Filters:
     gps: bool | None = None
 
     def __post_init__(self) -> None:
+        for v in [*([self.folder] if isinstance(self.folder, str) else self.folder),
+                  *([self.tags] if isinstance(self.tags, str) else self.tags), self.camera or "",
+                  self.after or "", self.before or ""]:
+            if "\x00" in str(v):
+                raise InvalidRequest("a filter value contains a NUL byte")
         if isinstance(self.folder, str):
             self.folder = [self.folder]
         if isinstance(self.tags, str):
