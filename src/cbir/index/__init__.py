@@ -1,7 +1,7 @@
 """Vector indexes: protocol, registry, FAISS backends, and factories.
 
 Importing this package registers every backend: ``exact``, ``ivf``, ``hnsw``,
-``class-partitioned``.
+``class-partitioned``, ``milvus`` (a Milvus server; pymilvus is imported only when one is used).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from cbir.errors import InvalidRequest
-from cbir.index import exact, hnsw, ivf, partitioned  # noqa: F401  (registers the backends)
-from cbir.index.base import FORMAT_VERSION, INDEXES, VectorIndex, read_index_header
+from cbir.index import exact, hnsw, ivf, milvus, partitioned  # noqa: F401  (registers the backends)
+from cbir.index.base import FORMAT_VERSION, INDEXES, IndexBase, VectorIndex, read_index_header
 from cbir.index.exact import ExactIndex
 from cbir.index.hnsw import HNSWIndex
 from cbir.index.ivf import IVFIndex
@@ -39,13 +39,21 @@ def create_index(name: str, dim: int, **params: Any) -> VectorIndex:
     return INDEXES.create(name, dim=dim, **params)
 
 
-def load_index(path: Path) -> VectorIndex:
-    """Load any index written by ``VectorIndex.save``; the file names its backend."""
+def load_index(path: Path, *, mmap: bool = False) -> VectorIndex:
+    """Load any index written by ``VectorIndex.save``; the file names its backend.
+
+    ``mmap=True`` memory-maps the file when the backend can (those built on IndexBase): it
+    loads in milliseconds and costs RAM only for the pages searches touch; the first change
+    re-reads it into memory. Other backends load as usual.
+    """
     header = read_index_header(Path(path))
     backend = header.get("backend")
     if not isinstance(backend, str):
         raise InvalidRequest(f"{path}: index header names no backend")
-    return INDEXES.get(backend).load(Path(path))
+    cls = INDEXES.get(backend)
+    if mmap and isinstance(cls, type) and issubclass(cls, IndexBase):
+        return cls.load(Path(path), mmap=True)
+    return cls.load(Path(path))
 
 
 def choose_index(n: int) -> str:

@@ -14,6 +14,14 @@ The header names the backend, dim, construction params, format version, the FAIS
 version that wrote it and, for every blob, its name, kind, dtype and shape.
 ``head -c 4096 file`` shows it. FAISS indexes are streamed to and from the file, so
 saving a 5 GB index does not need another 5 GB of RAM.
+
+Loading with ``mmap=True`` maps the file read-only instead of reading it: arrays become
+views of the mapping and FAISS blobs are read through a ``ZeroCopyIOReader``, so their
+vectors, codes, inverted lists and HNSW links stay in the page cache and only the pages a
+search touches count (a cold 1M-image CLI search no longer reads 5 GB). FAISS aborts
+the process on any write to such a view, so a mapped index is read-only: the first
+``add``/``remove`` that changes something first re-reads it (owned) from the same open
+file, which also survives the path being replaced meanwhile.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import mmap as _mmap
 import struct
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -204,9 +213,15 @@ def isin_sorted(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def flat_vectors(index: faiss.Index) -> np.ndarray:
-    """Zero-copy (ntotal, d) float32 view of an IndexFlat's storage (valid until it changes)."""
+    """(ntotal, d) vectors of an IndexFlat (a zero-copy float32 view, valid until it changes)
+    or of an fp16 IndexScalarQuantizer (a float16 view: callers convert as they copy)."""
     flat = faiss.downcast_index(index)
     n, d = flat.ntotal, flat.d
+    if isinstance(flat, faiss.IndexScalarQuantizer):
+        if n == 0:
+            return np.empty((0, d), dtype=np.float16)
+        codes = faiss.rev_swig_ptr(flat.codes.data(), n * flat.code_size)
+        return codes.view(np.float16).reshape(n, d)
     if n == 0:
         return np.empty((0, d), dtype=np.float32)
     return faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
@@ -320,29 +335,105 @@ def _read_array(f: io.BufferedReader, spec: dict[str, Any], size: int, path: Pat
     return arr
 
 
-def read_index_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(header, {blob name: faiss.Index or np.ndarray}) of an index file."""
+def read_index_file(path: Path, *, mmap: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(header, {blob name: faiss.Index or np.ndarray}) of an index file.
+
+    With ``mmap=True`` the blobs are read-only views of a memory map of the file, which
+    ``header["_mapping"]`` (a :class:`Mapping`) keeps alive: hold on to it as long as the
+    blobs are used, and never write to them (see the module docstring).
+    """
     path = Path(path)
     if not path.is_file():
         raise InvalidRequest(f"{path}: no such index file")
-    blobs: dict[str, Any] = {}
+    if mmap:
+        mapping = Mapping(path)
+        header, blobs = mapping.parse()
+        header["_mapping"] = mapping
+        return header, blobs
     with open(path, "rb") as f:
-        header = _read_header(f, path)
+        return _read_stream(f, path)
+
+
+def _read_stream(f: io.BufferedReader, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    blobs: dict[str, Any] = {}
+    header = _read_header(f, path)
+    for spec in header["blobs"]:
+        (size,) = struct.unpack("<Q", _read_exact(f, 8, path))
+        start = f.tell()
+        if spec["kind"] == "array":
+            blobs[spec["name"]] = _read_array(f, spec, size, path)
+        else:
+            reader = faiss.PyCallbackIOReader(f.read)
+            try:
+                blobs[spec["name"]] = faiss.read_index(reader)
+            except RuntimeError as e:
+                raise IndexMismatch(f"{path}: corrupt FAISS blob {spec['name']!r}: {e}") from None
+            del reader
+        if f.tell() != start + size:
+            raise IndexMismatch(f"{path}: blob {spec['name']!r} has the wrong length")
+    return header, blobs
+
+
+class Mapping:
+    """A read-only memory map of an index file, and the open file under it.
+
+    The open file pins the inode, so ``read_owned`` reads the very bytes that were mapped
+    even after a writer replaced ``path`` (atomic rename); the map lives as long as this
+    object, which the index holding views into it keeps.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file = open(self.path, "rb")  # noqa: SIM115 — lives as long as the mapping
+        try:
+            self.mm = _mmap.mmap(self.file.fileno(), 0, access=_mmap.ACCESS_READ)
+        except ValueError:  # an empty file cannot be mapped
+            self.file.close()
+            raise IndexMismatch(f"{self.path}: index file is truncated") from None
+        self.buf = np.frombuffer(self.mm, dtype=np.uint8)
+
+    def _u64(self, at: int) -> int:
+        if at + 8 > self.buf.size:
+            raise IndexMismatch(f"{self.path}: index file is truncated")
+        return struct.unpack_from("<Q", self.mm, at)[0]
+
+    def parse(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(header, blobs as zero-copy views)."""
+        path, buf = self.path, self.buf
+        self.file.seek(0)
+        header = _read_header(self.file, path)
+        at = self.file.tell()
+        blobs: dict[str, Any] = {}
         for spec in header["blobs"]:
-            (size,) = struct.unpack("<Q", _read_exact(f, 8, path))
-            start = f.tell()
+            size = self._u64(at)
+            at += 8
+            if at + size > buf.size:
+                raise IndexMismatch(f"{path}: index file is truncated")
             if spec["kind"] == "array":
-                blobs[spec["name"]] = _read_array(f, spec, size, path)
+                shape = tuple(spec["shape"])
+                dtype = np.dtype(spec["dtype"])
+                count = math.prod(shape)
+                if count * dtype.itemsize != size:
+                    raise IndexMismatch(f"{path}: blob {spec['name']!r} has {size} bytes, want "
+                                        f"{count * dtype.itemsize}")
+                blobs[spec["name"]] = np.frombuffer(self.mm, dtype=dtype, count=count,
+                                                    offset=at).reshape(shape)
             else:
-                reader = faiss.PyCallbackIOReader(f.read)
+                reader = faiss.ZeroCopyIOReader(faiss.swig_ptr(buf[at:at + size]), size)
                 try:
                     blobs[spec["name"]] = faiss.read_index(reader)
                 except RuntimeError as e:
                     raise IndexMismatch(f"{path}: corrupt FAISS blob {spec['name']!r}: {e}") from None
+                if reader.rp_ != size:
+                    raise IndexMismatch(f"{path}: blob {spec['name']!r} has the wrong length")
                 del reader
-            if f.tell() != start + size:
-                raise IndexMismatch(f"{path}: blob {spec['name']!r} has the wrong length")
-    return header, blobs
+            at += size
+        return header, blobs
+
+    def read_owned(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The same file read into memory (owned, writable), from the pinned inode."""
+        self.file.seek(0)
+        return _read_stream(self.file, self.path)
 
 
 # ----------------------------------------------------------------------------- base class
@@ -366,6 +457,8 @@ class IndexBase:
         self.dim = int(dim)
         self.params: dict[str, Any] = {}
         self._ids = np.empty(0, dtype=np.int64)  # sorted
+        #: set when loaded with mmap=True: the blobs are read-only views of this mapping
+        self._mapping: Mapping | None = None
 
     def __len__(self) -> int:
         return int(self._ids.size)
@@ -384,6 +477,7 @@ class IndexBase:
         opts = self._check_add(ids, x, **kw)
         if ids.size == 0:
             return
+        self._own()
         present = ids[isin_sorted(self._ids, ids)]
         if present.size:
             self._remove(present)
@@ -398,6 +492,7 @@ class IndexBase:
         arr = np.unique(arr.astype(np.int64))
         present = arr[isin_sorted(self._ids, arr)]
         if present.size:
+            self._own()
             self._remove(present)
             self._ids = np.setdiff1d(self._ids, present, assume_unique=True)
         return int(present.size)
@@ -419,15 +514,36 @@ class IndexBase:
                   "count": len(self), "state": self._state()}
         write_index_file(path, header, [Blob("ids", self._ids), *self._blobs()])
 
+    @property
+    def mapped(self) -> bool:
+        """True while the index is a read-only memory map of its file (see ``load``)."""
+        return self._mapping is not None
+
     @classmethod
-    def load(cls, path: Path) -> Self:
-        header, blobs = read_index_file(path)
+    def load(cls, path: Path, *, mmap: bool = False) -> Self:
+        """Read an index file; ``mmap=True`` maps it instead (read-only views, loads in
+        milliseconds whatever its size; the first change re-reads it into memory)."""
+        header, blobs = read_index_file(path, mmap=mmap)
         if header.get("backend") != cls.name:
             raise IndexMismatch(
                 f"{path}: holds a {header.get('backend')!r} index, not {cls.name!r}; "
                 "use cbir.index.load_index to load any backend"
             )
-        return cls._from_file(header, blobs)
+        mapping = header.pop("_mapping", None)
+        obj = cls._from_file(header, blobs)
+        obj._mapping = mapping
+        return obj
+
+    def _own(self) -> None:
+        """Before a change: replace mapped (read-only) blobs by an in-memory copy of them."""
+        mapping = self._mapping
+        if mapping is None:
+            return
+        header, blobs = mapping.read_owned()
+        # the same file, so the same state, now owned (changes go only through add/remove,
+        # which call this first; search-time caches are rebuilt on demand)
+        self.__dict__.update(type(self)._from_file(header, blobs).__dict__)
+        self._mapping = None
 
     @classmethod
     def _from_file(cls, header: dict[str, Any], blobs: dict[str, Any]) -> Self:
@@ -474,6 +590,26 @@ def check_positive_int(value: Any, what: str, allow_none: bool = False) -> int |
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise InvalidRequest(f"{what} must be a positive integer; got {value!r}")
     return int(value)
+
+
+#: how an index may keep its vectors: "float32" (4*dim bytes each) or "float16" (2*dim bytes,
+#: FAISS's fp16 scalar quantizer). The catalog stores float16 features, so for a collection
+#: float16 loses nothing: the index holds exactly the values the catalog has.
+VECTOR_DTYPES = ("float32", "float16")
+
+
+def check_dtype(value: Any) -> str:
+    if value not in VECTOR_DTYPES:
+        raise InvalidRequest(f"dtype must be one of {list(VECTOR_DTYPES)}; got {value!r}")
+    return str(value)
+
+
+def new_flat(dim: int, dtype: str = "float32") -> faiss.IndexFlatCodes:
+    """An empty exact inner-product store of ``dtype`` vectors (IndexFlatIP or fp16 SQ)."""
+    if dtype == "float16":
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16,
+                                          faiss.METRIC_INNER_PRODUCT)
+    return faiss.IndexFlatIP(dim)
 
 
 def chunked(n: int, size: int) -> Iterator[slice]:

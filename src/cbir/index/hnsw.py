@@ -9,7 +9,9 @@ still count for k: no over-fetch needed). When tombstones pass ``max_tombstones`
 Replacing an id tombstones its old slot. ``save`` keeps tombstones (load gives
 bit-identical results); call ``compact()`` first for a smaller file.
 
-Memory: 4*dim + ~8*M bytes per vector (M=32: ~260 B of graph next to 5 KB of vector).
+Memory: 4*dim + ~8*M bytes per vector (M=32: ~260 B of graph next to 5 KB of vector);
+``dtype="float16"`` (IndexHNSWSQ, fp16) halves the vector part, losslessly for vectors
+that are float16 already (a collection's are).
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import faiss
 import numpy as np
 
 from cbir.errors import InvalidRequest
-from cbir.index.base import INDEXES, Blob, IndexBase, check_positive_int, chunked
+from cbir.index.base import INDEXES, Blob, IndexBase, check_dtype, check_positive_int, chunked
 
 
 @INDEXES.register("hnsw")
 class HNSWIndex(IndexBase):
     """HNSW. Knobs: ``M`` (graph degree; memory and build time grow with it),
     ``ef_construction`` (build quality), ``ef_search`` (recall vs latency; also a search
-    keyword), ``max_tombstones`` (fraction of dead slots that triggers a rebuild).
+    keyword), ``max_tombstones`` (fraction of dead slots that triggers a rebuild),
+    ``dtype`` (how vectors are kept: "float32" or "float16").
     """
 
     name = "hnsw"
@@ -40,8 +43,10 @@ class HNSWIndex(IndexBase):
         ef_construction: int = 80,
         ef_search: int = 96,
         max_tombstones: float = 0.25,
+        dtype: str = "float32",
     ):
         super().__init__(dim)
+        self.dtype = check_dtype(dtype)
         self.M = check_positive_int(M, "M")
         self.ef_construction = check_positive_int(ef_construction, "ef_construction")
         self.ef_search = check_positive_int(ef_search, "ef_search")
@@ -49,14 +54,19 @@ class HNSWIndex(IndexBase):
             raise InvalidRequest(f"max_tombstones must be in (0, 1]; got {max_tombstones!r}")
         self.max_tombstones = float(max_tombstones)
         self.params = {"M": self.M, "ef_construction": self.ef_construction,
-                       "ef_search": self.ef_search, "max_tombstones": self.max_tombstones}
+                       "ef_search": self.ef_search, "max_tombstones": self.max_tombstones,
+                       "dtype": self.dtype}
         self._index = self._new_graph()
         self._slot_ids = np.empty(0, dtype=np.int64)  # slot -> id, -1 = tombstone
         self._id_slots = np.empty(0, dtype=np.int64)  # slot of each id in self._ids (sorted)
         self._bitmap: np.ndarray | None = None  # packed live-slot bitmap, rebuilt lazily
 
-    def _new_graph(self) -> faiss.IndexHNSWFlat:
-        index = faiss.IndexHNSWFlat(self.dim, self.M, faiss.METRIC_INNER_PRODUCT)
+    def _new_graph(self) -> faiss.IndexHNSW:
+        if self.dtype == "float16":
+            index = faiss.IndexHNSWSQ(self.dim, faiss.ScalarQuantizer.QT_fp16, self.M,
+                                      faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexHNSWFlat(self.dim, self.M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.ef_construction
         index.hnsw.efSearch = self.ef_search
         return index

@@ -16,7 +16,9 @@ Training policy (transparent to callers):
 search keyword. IVF-PQ (``pq_m`` sub-quantizers of ``pq_nbits``) scans compact codes,
 then, with ``refine=True``, re-ranks ``k_factor * k`` candidates with the exact vectors
 (kept in a flat IndexIDMap2; so no memory is saved, only scan time). Adding an id that
-exists replaces it (remove + add).
+exists replaces it (remove + add). ``dtype="float16"`` keeps the IVF-Flat and the exact
+vectors as fp16 (IndexIVFScalarQuantizer without residuals): half the bytes, lossless for
+vectors that are float16 already (a collection's are).
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from cbir.index.base import (
     Blob,
     IndexBase,
     auto_nlist,
+    check_dtype,
     check_positive_int,
     chunked,
     flat_vectors,
+    new_flat,
     omp_threads,
     top_k,
 )
@@ -64,8 +68,10 @@ class IVFIndex(IndexBase):
         niter: int = 10,
         auto_retrain: bool = True,
         seed: int = 1234,
+        dtype: str = "float32",
     ):
         super().__init__(dim)
+        self.dtype = check_dtype(dtype)
         self.nlist = check_positive_int(nlist, "nlist", allow_none=True)
         self.nprobe = check_positive_int(nprobe, "nprobe")
         self.pq_m = check_positive_int(pq_m, "pq_m", allow_none=True)
@@ -89,7 +95,7 @@ class IVFIndex(IndexBase):
             "pq_nbits": self.pq_nbits, "refine": self.refine, "k_factor": self.k_factor,
             "min_points_per_list": self.min_points_per_list,
             "train_points_per_list": self.train_points_per_list, "niter": self.niter,
-            "auto_retrain": self.auto_retrain, "seed": self.seed,
+            "auto_retrain": self.auto_retrain, "seed": self.seed, "dtype": self.dtype,
         }
         #: exact vectors: all of them before training; kept after it only for IVF-PQ + refine
         self._flat: faiss.IndexIDMap2 | None = self._new_flat()
@@ -108,7 +114,7 @@ class IVFIndex(IndexBase):
         return self._trained_nlist
 
     def _new_flat(self) -> faiss.IndexIDMap2:
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        return faiss.IndexIDMap2(new_flat(self.dim, self.dtype))
 
     def _keeps_flat(self) -> bool:
         return self.pq_m is not None and self.refine
@@ -146,13 +152,16 @@ class IVFIndex(IndexBase):
             self._flat.add_with_ids(x, ids)
 
     def _stored(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids (n,) int64, vectors (n, dim) float32) of everything stored (maybe views)."""
+        """(ids (n,) int64, vectors (n, dim) float32 or float16) of everything stored (maybe
+        views; float16 when stored so: callers convert chunk by chunk)."""
         if self._flat is not None:
             ids = faiss.vector_to_array(self._flat.id_map)
             return ids, flat_vectors(self._flat.index)
-        # IVF-Flat codes are the raw float32 vectors: gather them list by list.
+        # IVF-Flat codes are the raw vectors (fp16 SQ without residuals: raw float16 ones):
+        # gather them list by list.
         ivf, invlists = self._ivf, self._ivf.invlists
-        vecs = np.empty((ivf.ntotal, self.dim), dtype=np.float32)
+        dtype = np.float16 if self.dtype == "float16" else np.float32
+        vecs = np.empty((ivf.ntotal, self.dim), dtype=dtype)
         ids = np.empty(ivf.ntotal, dtype=np.int64)
         at = 0
         for lst in range(ivf.nlist):
@@ -161,7 +170,7 @@ class IVFIndex(IndexBase):
                 continue
             ids[at : at + size] = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
             codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * ivf.code_size)
-            vecs[at : at + size] = codes.view(np.float32).reshape(size, self.dim)
+            vecs[at : at + size] = codes.view(dtype).reshape(size, self.dim)
             at += size
         return ids, vecs
 
@@ -174,10 +183,15 @@ class IVFIndex(IndexBase):
         if self.pq_m is not None:
             n_train = min(n_all, max(n_train, 64 * 2**self.pq_nbits))
         pick = np.sort(rng.choice(n_all, size=n_train, replace=False))
-        sample = np.concatenate([old_x[pick[pick < n_old]], new_x[pick[pick >= n_old] - n_old]])
+        sample = np.concatenate([old_x[pick[pick < n_old]].astype(np.float32),
+                                 new_x[pick[pick >= n_old] - n_old]])
 
         quantizer = faiss.IndexFlatIP(self.dim)
-        if self.pq_m is None:
+        if self.pq_m is None and self.dtype == "float16":
+            ivf = faiss.IndexIVFScalarQuantizer(quantizer, self.dim, nlist,
+                                                faiss.ScalarQuantizer.QT_fp16,
+                                                faiss.METRIC_INNER_PRODUCT, False)
+        elif self.pq_m is None:
             ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         else:
             ivf = faiss.IndexIVFPQ(
@@ -201,7 +215,7 @@ class IVFIndex(IndexBase):
 
         self._ivf = None  # drop the old IVF (if retraining) before filling the new one
         for sl in chunked(n_old, _CHUNK):
-            ivf.add_with_ids(old_x[sl], old_ids[sl])
+            ivf.add_with_ids(np.ascontiguousarray(old_x[sl], dtype=np.float32), old_ids[sl])
         for sl in chunked(len(new_ids), _CHUNK):
             ivf.add_with_ids(new_x[sl], new_ids[sl])
         del old_x

@@ -376,6 +376,19 @@ class ServiceState:
         self.runner = JobRunner(self.store, {"index": self._run_index, "clear": self._run_clear,
                                              "rebuild": self._run_rebuild, "train": self._run_train})
         self.runner.start()
+        if self.readers.exists():  # the first search should not pay for loading the index
+            threading.Thread(target=self._warm_index, name="cbir-index-warm", daemon=True).start()
+
+    def _warm_index(self) -> None:
+        """Load (memory-map) the collection's index and sync it, before any search asks."""
+        try:
+            reader = self.readers.open()
+            try:
+                self.index_cache.get(reader, None)
+            finally:
+                reader.close()
+        except Exception:  # noqa: BLE001 - the first search builds it then, and says why
+            log.exception("warming the index snapshot failed")
 
     def stop(self) -> None:
         if self.runner is not None:
@@ -490,6 +503,9 @@ class ServiceState:
                 if cache is not None:
                     shutil.rmtree(cache, ignore_errors=True)
         acc = record.get("val_accuracy")
+        epochs = int(record.get("epochs") or 0)
+        if epochs and not ctx.stop.is_set():  # early stopping ends before the maximum: end the bar there
+            ctx.progress(epochs, epochs, f"trained {epochs} epochs")
         return JobOutcome(result=record, message=f"trained model {record['name']} in {record['epochs']} "
                           f"epochs" + (f", validation accuracy {acc:.1%}" if acc is not None else ""))
 
