@@ -94,7 +94,17 @@ CASES: dict[str, list[Case]] = {
     "class-partitioned": [
         Case("class-partitioned", add_kw=_classes, search_kw=_all_partitions, min_recall=1.0)
     ],
+    # a real Milvus server (the session fixture milvus_uri exports $CBIR_MILVUS_URI); its test
+    # config searches not-yet-sealed data by brute force, so results are exact
+    # (one case: every test loads a Milvus collection, ~2 s). Searches filter on all classes
+    # (``top_class in [...]``); test_search_by_stored_vector_* runs the unfiltered path
+    "milvus": [
+        Case("milvus", {"index_type": "HNSW", "M": 16, "ef_construction": 64}, add_kw=_classes,
+             search_kw=_all_partitions, min_recall=0.95),
+    ],
 }
+#: backends whose cases need the session's Milvus server
+NEEDS_MILVUS = {"milvus"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -118,6 +128,8 @@ def _cases() -> list[Any]:
 
 @pytest.fixture(params=_cases())
 def case(request: pytest.FixtureRequest) -> Case:
+    if request.param.name in NEEDS_MILVUS:
+        request.getfixturevalue("milvus_uri")
     return request.param
 
 

@@ -1,0 +1,236 @@
+"""Milvus (HNSW, IVF_FLAT, class filter) vs FAISS (HNSW, IVF, class-partitioned) in the same run.
+
+    python bench/bench_milvus.py [--n 100000] [--dim 256] [--out bench/results/milvus.json]
+
+Starts a real Milvus standalone server (the PyPI package ``milvus``, default config except the
+ports and data dir: tests/milvus_server.py with ``fast_load=False`` and the growing-segment
+interim index left ON, as a user's server has it), fills it through cbir's ``milvus`` backend,
+seals the segments (flush) and waits for the index build. Data: bench/bench_index.py's synthetic
+CNN-like features. Measures insert vectors/s, build time, p50/p99 of single queries (Strong and
+Bounded consistency), batch queries/s, recall@10 vs exact (tie-tolerant), delete visibility per
+consistency level (is an id returned right after its delete?), and that Milvus BINARY_VECTOR +
+HAMMING (BIN_FLAT) gives the same distances as FAISS IndexBinaryFlat on 64-bit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from bench_index import FeatureModel, softmax, tolerant_recall  # noqa: E402
+from cbir.index import create_index  # noqa: E402
+from milvus_server import start_milvus  # noqa: E402
+
+K = 10
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def timed_queries(index: Any, q: np.ndarray, n: int, **kw: Any) -> tuple[float, float, np.ndarray]:
+    lat, found = [], []
+    probs = kw.pop("query_probs", None)
+    for i in range(n):
+        if probs is not None:
+            kw["query_probs"] = probs[i : i + 1]
+        t = time.perf_counter()
+        found.append(index.search(q[i : i + 1], K, **kw)[1][0])
+        lat.append(time.perf_counter() - t)
+    ms = np.array(lat) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), np.array(found)
+
+
+def bench_backend(label: str, index: Any, x: np.ndarray, ids: np.ndarray, classes: np.ndarray,
+                  q: np.ndarray, kth: np.ndarray, settings: list[dict[str, Any]], args) -> list[dict]:
+    t = time.perf_counter()
+    for s in range(0, len(x), 20_000):
+        index.add(ids[s : s + 20_000], x[s : s + 20_000], classes=classes[s : s + 20_000])
+    insert_s = time.perf_counter() - t
+    build_s = 0.0
+    if hasattr(index, "flush"):  # Milvus: seal and build the vector index now
+        t = time.perf_counter()
+        index.flush()
+        index.wait_index()
+        build_s = time.perf_counter() - t
+    log(f"{label}: insert {insert_s:.1f} s, build {build_s:.1f} s")
+    rows = []
+    for kw in settings:
+        kw = dict(kw)
+        if kw.pop("_probs", False):
+            kw["query_probs"] = args.qprobs
+        p50, p99, found = timed_queries(index, q, args.queries, **dict(kw))
+        rec = tolerant_recall(q[: args.queries], x, found, kth[: args.queries])
+        t = time.perf_counter()
+        index.search(q, K, **kw)
+        qps = len(q) / (time.perf_counter() - t)
+        shown = {k: v for k, v in kw.items() if k != "query_probs"}
+        rows.append({"backend": label, "search": shown, "insert_vps": len(x) / insert_s,
+                     "insert_s": insert_s, "build_s": build_s, "p50_ms": p50, "p99_ms": p99,
+                     "batch_qps": qps, "recall@10": rec})
+        log(f"  {shown}: p50 {p50:.2f} ms p99 {p99:.2f} ms, {qps:.0f} q/s batch, recall {rec:.3f}")
+    return rows
+
+
+def delete_visibility(uri: str, dim: int, trials: int = 20) -> dict[str, Any]:
+    """Per consistency level: how often a just-deleted id is still returned by the next search."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2000, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    out = {}
+    idx = create_index("milvus", dim, uri=uri, index_type="FLAT")
+    idx.add(np.arange(2000), x)
+    for level in ("Strong", "Bounded", "Session", "Eventually"):
+        seen, lat = 0, []
+        for _ in range(trials):
+            i = int(rng.integers(0, 2000))
+            idx.add(np.array([i]), x[i : i + 1])  # (re-add so every trial deletes a present id)
+            idx.search(x[i : i + 1], 1, consistency="Strong")
+            idx.remove(np.array([i]))
+            t0 = time.perf_counter()
+            found = idx.search(x[i : i + 1], 1, consistency=level)[1][0, 0]
+            lat.append((time.perf_counter() - t0) * 1e3)
+            seen += int(found == i)
+        out[level] = {"deleted_id_returned": seen, "trials": trials, "p50_ms": float(np.median(lat))}
+        log(f"delete visibility {level}: {seen}/{trials} searches returned the deleted id "
+            f"(p50 {np.median(lat):.1f} ms)")
+    idx.drop()
+    return out
+
+
+def hamming_check(uri: str, n: int = 20_000, nq: int = 100) -> dict[str, Any]:
+    """Milvus BIN_FLAT HAMMING vs FAISS IndexBinaryFlat on 64-bit codes: identical distances?"""
+    from pymilvus import DataType, MilvusClient
+
+    rng = np.random.default_rng(9)
+    codes = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    qc = rng.integers(0, 256, (nq, 8), dtype=np.uint8)
+    fi = faiss.IndexBinaryFlat(64)
+    fi.add(codes)
+    fd, _ = fi.search(qc, K)
+    c = MilvusClient(uri=uri)
+    name = f"cbir_bench_bin_{int(time.time())}"
+    schema = MilvusClient.create_schema(auto_id=False, description="cbir bench")
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("code", DataType.BINARY_VECTOR, dim=64)
+    ip = c.prepare_index_params()
+    ip.add_index("code", index_type="BIN_FLAT", metric_type="HAMMING")
+    c.create_collection(name, schema=schema, index_params=ip, consistency_level="Strong")
+    for s in range(0, n, 10_000):
+        c.insert(name, [{"id": int(i), "code": codes[i].tobytes()} for i in range(s, min(n, s + 10_000))])
+    res = c.search(name, data=[b.tobytes() for b in qc], limit=K, anns_field="code",
+                   search_params={"metric_type": "HAMMING"})
+    md = np.array([[h["distance"] for h in r] for r in res], dtype=np.int64)
+    ids = np.array([[h["id"] for h in r] for r in res], dtype=np.int64)
+    true = np.array([[int(np.unpackbits(codes[j] ^ qc[i]).sum()) for j in row] for i, row in enumerate(ids)])
+    c.drop_collection(name)
+    out = {"n": n, "queries": nq, "distances_identical": bool((md == fd).all()),
+           "milvus_distance_is_true_hamming": bool((md == true).all()),
+           "same_ids_modulo_ties": bool((np.sort(md, 1) == np.sort(fd, 1)).all())}
+    log(f"hamming: {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--queries", type=int, default=300, help="single queries timed one by one")
+    ap.add_argument("--batch", type=int, default=1000, help="queries in the batch run (and for recall)")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/milvus.json"))
+    ap.add_argument("--backends", default="faiss-hnsw,faiss-ivf,faiss-partitioned,milvus-hnsw,milvus-ivf")
+    args = ap.parse_args(argv)
+    model = FeatureModel.make(args.dim, args.classes, seed=0)
+    x, classes, _ = model.sample(args.n, seed=1)
+    q, _, qlogits = model.sample(args.batch, seed=2)
+    args.qprobs = softmax(qlogits)
+    ids = np.arange(args.n, dtype=np.int64) * 3 + 1  # catalog-like sparse ids
+    flat = faiss.IndexFlatIP(args.dim)
+    flat.add(x)
+    kth = flat.search(q, K)[0][:, -1]
+    ids_to_row = np.full(ids[-1] + 1, -1, dtype=np.int64)
+    ids_to_row[ids] = np.arange(args.n)
+
+    class RowIds:  # searches return catalog ids; recall wants rows of x
+        def __init__(self, index: Any):
+            self.index = index
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.index, name)
+
+        def search(self, qq: np.ndarray, k: int, **kw: Any):
+            s, f = self.index.search(qq, k, **kw)
+            return s, np.where(f >= 0, ids_to_row[f.clip(min=0)], -1)
+
+    tmp = Path(tempfile.mkdtemp(prefix="cbir-bench-milvus-"))
+    log(f"starting Milvus in {tmp}")
+    t = time.perf_counter()
+    server = start_milvus(tmp, config={"log.level": "warn"}, fast_load=False)
+    start_s = time.perf_counter() - t
+    log(f"Milvus healthy after {start_s:.1f} s at {server.uri}")
+    rows: list[dict[str, Any]] = []
+    wanted = args.backends.split(",")
+    try:
+        plan = [
+            ("faiss-hnsw", lambda: create_index("hnsw", args.dim, M=32, ef_construction=80),
+             [{"ef_search": 64}, {"ef_search": 128}]),
+            ("faiss-ivf", lambda: create_index("ivf", args.dim),
+             [{"nprobe": 16}, {"nprobe": 32}]),
+            ("faiss-partitioned", lambda: create_index("class-partitioned", args.dim),
+             [{"_probs": True, "n_partitions": 1}, {"_probs": True, "n_partitions": 3}]),
+            ("milvus-hnsw", lambda: create_index("milvus", args.dim, uri=server.uri, index_type="HNSW",
+                                                 M=32, ef_construction=80),
+             [{"ef_search": 64}, {"ef_search": 128}, {"ef_search": 64, "consistency": "Bounded"},
+              {"ef_search": 64, "_probs": True, "n_partitions": 1},
+              {"ef_search": 64, "_probs": True, "n_partitions": 3}]),
+            ("milvus-ivf", lambda: create_index("milvus", args.dim, uri=server.uri, index_type="IVF_FLAT",
+                                                nlist=1024),
+             [{"nprobe": 16}, {"nprobe": 32}, {"nprobe": 32, "consistency": "Bounded"}]),
+        ]
+        for label, make, settings in plan:
+            if label not in wanted:
+                continue
+            index = make()
+            rows += bench_backend(label, RowIds(index), x, ids, classes, q, kth, settings, args)
+            if label.startswith("milvus"):
+                index.drop()
+            del index
+        visibility = delete_visibility(server.uri, args.dim)
+        hamming = hamming_check(server.uri)
+    finally:
+        server.stop()
+    print(f"\n{args.n} vectors, dim {args.dim}, k={K}; single queries: {args.queries}, batch: {args.batch}")
+    print(f"{'backend':18} {'search':44} {'ins v/s':>8} {'build s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'batch q/s':>9} {'R@10':>6}")
+    for r in rows:
+        print(f"{r['backend']:18} {json.dumps(r['search']):44} {r['insert_vps']:8.0f} {r['build_s']:7.1f} "
+              f"{r['p50_ms']:7.2f} {r['p99_ms']:7.2f} {r['batch_qps']:9.0f} {r['recall@10']:6.3f}")
+    print("\ndelete visibility (a deleted id returned by the very next search):")
+    for level, v in visibility.items():
+        print(f"  {level:10} {v['deleted_id_returned']}/{v['trials']}  (search p50 {v['p50_ms']:.1f} ms)")
+    print(f"hamming (64-bit, BIN_FLAT vs FAISS IndexBinaryFlat): {hamming}")
+    import pymilvus
+
+    meta = {"n": args.n, "dim": args.dim, "k": K, "queries": args.queries, "batch": args.batch,
+            "milvus_start_s": start_s, "faiss": faiss.__version__, "pymilvus": pymilvus.__version__,
+            "milvus_server": "2.3.5 standalone (PyPI milvus)", "cores": 2, "time": time.strftime("%F %T")}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows, "delete_visibility": visibility,
+                                    "hamming": hamming}, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""`cbir index --index-type milvus --milvus-uri URI`, then search, remove and serve, on a real Milvus.
+
+The session's Milvus server comes from the ``milvus_uri`` fixture (tests/conftest.py); the cheap
+``colorhist`` extractor keeps it fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cbir.cli import main
+from cbir.index import load_index
+from cbir.index.base import read_index_header
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _photo(path: Path, hue: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:96, 0:128]
+    a = np.zeros((96, 128, 3), dtype=np.float32)
+    a[..., hue % 3] = 120 + 100 * np.sin(x / (7.0 + seed)) * np.cos(y / 11.0)
+    a[..., (hue + 1) % 3] = 40 + 60 * (x / 128) * (seed % 4)
+    a += rng.normal(0, 8, a.shape)
+    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path, quality=92)
+
+
+def test_index_search_remove_serve_with_milvus(tmp_path, capsys, milvus_uri, monkeypatch) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(8):
+        _photo(photos / f"p{i}.jpg", hue=i, seed=i)
+    coll = str(tmp_path / "coll")
+    monkeypatch.delenv("CBIR_MILVUS_URI")  # the URI must come from --milvus-uri and stay with the collection
+    monkeypatch.setenv("CBIR_MILVUS_TOKEN", "root:Milvus")  # (auth is off on the test server)
+    code, out, err = run(capsys, "-c", coll, "index", str(photos), "--extractor", "colorhist",
+                         "--index-type", "milvus", "--milvus-uri", milvus_uri, "--json", "-q")
+    assert code == 0, err
+    assert json.loads(out)["index_type"] == "milvus"
+
+    # the local file names the server and collection, never the token
+    header = read_index_header(Path(coll) / "index" / "milvus.faiss")
+    assert header["backend"] == "milvus" and header["params"]["uri"] == milvus_uri
+    assert header["params"]["collection"].startswith("cbir_") and header["count"] == 8
+    raw = (Path(coll) / "index" / "milvus.faiss").read_bytes()
+    assert b"Milvus" not in raw.replace(b"milvus", b"")  # no "root:Milvus"
+
+    code, out, err = run(capsys, "-c", coll, "search", str(photos / "p3.jpg"), "-k", "3", "--json")
+    assert code == 0, err
+    hits = json.loads(out)["hits"] if isinstance(json.loads(out), dict) else json.loads(out)
+    assert Path(hits[0]["path"]).name == "p3.jpg" and hits[0]["similarity"] > 0.99
+    assert len(hits) == 3
+
+    code, _, err = run(capsys, "-c", coll, "remove", str(photos / "p3.jpg"), "-q")
+    assert code == 0, err
+    code, out, err = run(capsys, "-c", coll, "search", str(photos / "p3.jpg"), "-k", "8", "--json")
+    assert code == 0, err
+    hits = json.loads(out)["hits"] if isinstance(json.loads(out), dict) else json.loads(out)
+    names = [Path(h["path"]).name for h in hits]
+    assert "p3.jpg" not in names and len(names) == 7
+
+    # the index in Milvus itself no longer holds it (Strong consistency: deleted = gone)
+    idx = load_index(Path(coll) / "index" / "milvus.faiss")
+    assert len(idx) == 7 and idx.server_count() == 7
+
+    # `cbir serve`: the service searches the same Milvus collection
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from cbir.service import ServiceConfig, create_app
+
+    with TestClient(create_app(ServiceConfig(collection=Path(coll)))) as client:
+        first = int(idx.ids()[0])
+        r = client.get("/api/search", params={"id": first, "k": 3, "include_self": True})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["index_type"] == "milvus"
+        assert body["hits"][0]["id"] == first and len(body["hits"]) == 3
