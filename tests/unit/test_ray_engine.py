@@ -1,0 +1,171 @@
+"""``cbir index --engine ray`` (cbir.extract.ray_engine) on a real local Ray, against the local
+pipeline: same features (max abs diff <= 1e-5), labels and problem reports; bad files skipped
+and reported, not fatal; an interrupted run resumes; a second run is a no-op.
+
+One Ray (2 CPUs) serves the whole module (~4 s to start); each indexing run starts its own
+actors (~2 s). Skips when the ``ray`` extra is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cbir.collection import Collection
+from cbir.extras import available
+from cbir.indexing import IndexReport, index_paths
+
+needs_ray = pytest.mark.skipif(not available("ray"),
+                               reason="the 'ray' extra is not installed: pip install 'cbir[ray]'")
+
+N_GOOD = 12
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024 * 1024,
+             log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 JPEGs of different sizes and content, a truncated JPEG and a text file named .jpg."""
+    d = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(7)
+    for i in range(N_GOOD):
+        h, w = 120 + 16 * i, 200 - 6 * i
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([(xx * (i + 1)) % 256, (yy * 3 + 40 * i) % 256, (xx + yy) % 256], -1)
+        noise = rng.integers(0, 60, (h, w, 3))
+        img = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+        img.save(d / f"p{i:02d}.jpg", quality=90)
+    good = (d / "p00.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (d / "notes.jpg").write_text("not an image at all\n")
+    return d
+
+
+def _features(col_dir: Path) -> dict[str, tuple[np.ndarray | None, int | None, str, str | None]]:
+    """file name -> (feature, top class, status, error) of every catalog row."""
+    with Collection.open(col_dir) as col:
+        out = {}
+        for rec in col.catalog.iter_records():
+            full = col.catalog.get(id=rec.id, with_feature=True)
+            out[Path(rec.path).name] = (full.feature, full.top_class, full.status, full.error)
+        return out
+
+
+def _index(col_dir: Path, root: Path, engine: str, **kw) -> IndexReport:
+    from cbir.extract.ray_engine import RayOptions
+
+    with Collection.create_or_open(col_dir) as col, col.writer_lock():
+        return index_paths(col, [root], progress=False, engine=engine,
+                           ray_options=RayOptions(actors=2), **kw)
+
+
+def _problems(report: IndexReport) -> dict[str, str]:
+    return {Path(p).name: r for p, r in report.problems}
+
+
+@needs_ray
+def test_ray_engine_matches_local_and_resumes(ray_cluster, photos: Path, tmp_path: Path) -> None:
+    local = _index(tmp_path / "local", photos, "local", batch_size=4)
+    assert (local.added, len(local.failed)) == (N_GOOD, 2)
+
+    # an interrupted Ray run: stop after the first committed batch of 4
+    stop = threading.Event()
+    done: list[int] = []
+
+    def on_progress(n: int, _total: int) -> None:
+        done.append(n)
+        if n >= 4:
+            stop.set()
+
+    first = _index(tmp_path / "ray", photos, "ray", batch_size=4, commit_every=4,
+                   stop=stop, on_progress=on_progress)
+    assert 4 <= first.processed < N_GOOD + 2
+    # the rest on a second run, plus a copy of an indexed photo (reused, not embedded again)
+    shutil.copy(photos / "p03.jpg", photos / "z_copy_of_p03.jpg")
+    try:
+        second = _index(tmp_path / "ray", photos, "ray", batch_size=4)
+        local2 = _index(tmp_path / "local", photos, "local", batch_size=4)
+    finally:
+        (photos / "z_copy_of_p03.jpg").unlink()
+    assert first.processed + second.processed == N_GOOD + 2 + 1
+    assert second.unchanged == first.processed
+    assert local2.duplicates == 1 and second.duplicates >= 1
+
+    # bad files: skipped and reported with the local pipeline's reasons, not fatal
+    reported = _problems(first) | _problems(second)
+    assert reported == _problems(local) and set(reported) == {"truncated.jpg", "notes.jpg"}
+
+    # features identical to the local pipeline's
+    a, b = _features(tmp_path / "local"), _features(tmp_path / "ray")
+    assert set(a) == set(b) and len(a) == N_GOOD + 3
+    for name, (fa, ca, sa, ea) in a.items():
+        fb, cb, sb, eb = b[name]
+        assert (sa, ea) == (sb, eb), name
+        if sa == "ok":
+            assert np.abs(np.asarray(fa, np.float32) - np.asarray(fb, np.float32)).max() <= 1e-5
+            assert ca == cb, name
+
+    # a third run has nothing to do (Ray is not even asked)
+    third = _index(tmp_path / "ray", photos, "ray", batch_size=4)
+    assert (third.processed, third.added, third.unchanged) == (0, 0, N_GOOD + 2)
+
+
+@needs_ray
+def test_cli_engine_ray(ray_cluster, photos: Path, tmp_path: Path, capsys) -> None:
+    from cbir.cli import main
+
+    col = tmp_path / "cli"
+    code = main(["index", str(photos), "-c", str(col), "--engine", "ray", "--ray-actors", "1",
+                 "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1  # done, but two files were skipped
+    assert (out["added"], out["skipped"]) == (N_GOOD, 2)
+    assert main(["index", str(photos), "-c", str(col), "--ray-address", "auto"]) == 2
+    assert "--engine ray" in capsys.readouterr().err
+
+
+@needs_ray
+def test_unreachable_cluster_fails_fast(photos: Path, tmp_path: Path, capsys) -> None:
+    """A --ray-address nobody answers at: one line, in seconds (Ray alone retries for minutes)."""
+    import socket
+
+    from cbir.cli import main
+
+    with socket.socket() as s:  # a free loopback port, closed again: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["index", str(photos), "-c", str(tmp_path / "c"), "--engine", "ray",
+                 "--ray-address", f"127.0.0.1:{port}"])
+    assert code == 2
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_cli_without_ray_names_the_extra_before_any_work(monkeypatch: pytest.MonkeyPatch,
+                                                         photos: Path, tmp_path: Path,
+                                                         capsys) -> None:
+    from cbir.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    col = tmp_path / "never-made"
+    assert main(["index", str(photos), "-c", str(col), "--engine", "ray"]) == 2
+    assert "--engine ray needs the 'ray' extra (ray is missing): pip install 'cbir[ray]'" \
+        in capsys.readouterr().err
+    assert not col.exists()
