@@ -8,6 +8,13 @@ The fp32 graph is ``src/cbir/extract/models/efficientnet-lite0.onnx``; the outpu
 ``src/cbir/extract/models/efficientnet-lite0-int8.onnx`` and its size and sha256 are written to
 ``PACKAGED_INT8_ONNX_SIZE`` / ``PACKAGED_INT8_ONNX_SHA256`` in ``src/cbir/extract/efficientnet.py``.
 
+This graph is the default extractor (``efficientnet-lite0-int8``) of new collections: a build
+that changes it changes the features of every int8 collection, which would then mix with the
+old ones. The build is deterministic (same onnxruntime, same bytes); ship a changed graph under
+a new extractor name. Keeping the fp32 classifier head (``nodes_to_exclude=["/_fc/Gemm"]``) was
+measured and rejected: top-1 agreement with fp32 +0.003 on Wang-1K, +0.001 on Corel-5K, -0.0005
+on CIFAR-10 (bench/bench_int8_quality.py): the label flips come from the backbone.
+
 Quantisation: ``onnxruntime.quantization.quantize_static`` (QuantFormat.QDQ, per_channel=True,
 QInt8 weights, QUInt8 activations, MinMax calibration). Not ``quantize_dynamic``: its
 ConvInteger path is ~7x slower than fp32 on the CPU.

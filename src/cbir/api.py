@@ -47,7 +47,8 @@ def open(path: PathLike | None = None, *, extractor: str | None = None,  # noqa:
     """Open the collection at ``path`` (default: ``$CBIR_COLLECTION`` or the per-user one).
 
     create: make an empty collection there if there is none yet, for ``extractor`` (default
-    efficientnet-lite0; ``"colorhist"`` is a tiny, fast one); with ``create=False`` a missing
+    efficientnet-lite0-int8; ``"efficientnet-lite0"`` is the fp32 model, ``"colorhist"`` a
+    tiny, fast one); with ``create=False`` a missing
     collection raises CollectionError. Naming an extractor other than an existing
     collection's raises InvalidRequest. Use as a context manager, or call ``close()``.
     """
@@ -58,7 +59,9 @@ def open(path: PathLike | None = None, *, extractor: str | None = None,  # noqa:
     if create:
         return Collection(_Core.create_or_open(directory, extractor))
     core = _Core.open(directory)
-    if extractor and extractor != core.manifest.extractor:
+    from cbir.extract.base import canonical_extractor_name
+
+    if extractor and canonical_extractor_name(extractor) != core.manifest.extractor:
         core.close()
         raise InvalidRequest(f"collection {core.directory} uses extractor "
                              f"{core.manifest.extractor!r}, not {extractor!r}")

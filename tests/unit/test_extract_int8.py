@@ -1,4 +1,5 @@
-"""The opt-in int8 EfficientNet-Lite0 (static QDQ, per-channel; tools/quantize_model.py).
+"""The int8 EfficientNet-Lite0 (static QDQ, per-channel; tools/quantize_model.py), the default
+extractor of new collections, and the fp32 one it replaced as default (still selectable).
 
 It ships in the package, so these tests need neither torch nor an export: they load both
 packaged graphs and compare int8 against fp32.
@@ -13,6 +14,7 @@ from PIL import Image
 from cbir.errors import BackendUnavailable
 from cbir.extract import DEFAULT_EXTRACTOR, EXTRACTORS, create_extractor, onnx_export, top_labels
 from cbir.extract import efficientnet as eff
+from cbir.extract.base import canonical_extractor_name
 
 CAT_LABELS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat", "lynx"}
 
@@ -32,13 +34,43 @@ def photos() -> list[Image.Image]:
                                                           "rocket")]
 
 
-def test_registered_opt_in_and_recorded() -> None:
+def test_registered_default_and_recorded() -> None:
     assert "efficientnet-lite0-int8" in EXTRACTORS.names()
-    assert DEFAULT_EXTRACTOR == "efficientnet-lite0"
+    assert DEFAULT_EXTRACTOR == "efficientnet-lite0-int8"
     path = eff.packaged_int8_onnx()
     assert path is not None and path.name == "efficientnet-lite0-int8.onnx"
     assert path.stat().st_size == eff.PACKAGED_INT8_ONNX_SIZE < 8_000_000
     assert onnx_export.sha256_file(path) == eff.PACKAGED_INT8_ONNX_SHA256
+
+
+def test_fp32_alias_names_the_fp32_extractor() -> None:
+    """``efficientnet-lite0-fp32`` creates the fp32 model, recorded as ``efficientnet-lite0``."""
+    assert "efficientnet-lite0-fp32" in EXTRACTORS.names() and "efficientnet-lite0-fp32" in EXTRACTORS
+    ex = create_extractor("efficientnet-lite0-fp32", intra_op_num_threads=1)
+    assert type(ex) is eff.EfficientNetLite0 and ex.name == "efficientnet-lite0"
+    assert canonical_extractor_name("efficientnet-lite0-fp32") == "efficientnet-lite0"
+    assert canonical_extractor_name("efficientnet-lite0-int8") == "efficientnet-lite0-int8"
+
+
+def test_collections_keep_their_extractor(tmp_path) -> None:
+    """A new collection gets int8; an fp32 one (manifest ``efficientnet-lite0``) stays fp32,
+    opens by its name or the alias, and refuses the other model."""
+    from cbir.collection import Collection
+    from cbir.errors import InvalidRequest
+
+    with Collection.create_or_open(tmp_path / "new") as col:
+        assert col.manifest.extractor == "efficientnet-lite0-int8"
+        assert type(col.extractor) is eff.EfficientNetLite0Int8
+    with Collection.create_or_open(tmp_path / "old", "efficientnet-lite0-fp32") as col:
+        assert col.manifest.extractor == "efficientnet-lite0"
+    for name in (None, "efficientnet-lite0", "efficientnet-lite0-fp32"):
+        with Collection.create_or_open(tmp_path / "old", name) as col:
+            assert type(col.extractor) is eff.EfficientNetLite0
+            assert type(col.indexing_extractor()) is eff.EfficientNetLite0
+    with pytest.raises(InvalidRequest, match="efficientnet-lite0"):
+        Collection.create_or_open(tmp_path / "old", "efficientnet-lite0-int8")
+    with pytest.raises(InvalidRequest, match="efficientnet-lite0-int8"):
+        Collection.create_or_open(tmp_path / "new", "efficientnet-lite0-fp32")
 
 
 def test_same_interface_different_name(pair) -> None:
@@ -77,3 +109,48 @@ def test_damaged_int8_model_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_pat
     ex = eff.EfficientNetLite0Int8()
     with pytest.raises(BackendUnavailable, match="quantize_model"):
         ex.embed(np.zeros((1, 3, 224, 224), np.float32))
+
+
+# -- the runtime: onnxruntime (default) or OpenVINO (the openvino extra) --------------------------
+def test_runtime_from_argument_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cbir.errors import InvalidRequest
+
+    monkeypatch.delenv("CBIR_RUNTIME", raising=False)
+    assert eff.EfficientNetLite0Int8().runtime == "onnxruntime"
+    monkeypatch.setenv("CBIR_RUNTIME", "OpenVINO")
+    assert eff.EfficientNetLite0Int8().runtime == "openvino"
+    assert eff.EfficientNetLite0Int8(runtime="onnxruntime").runtime == "onnxruntime"
+    monkeypatch.setenv("CBIR_RUNTIME", "tensorrt")
+    with pytest.raises(InvalidRequest, match="CBIR_RUNTIME.*onnxruntime, openvino"):
+        eff.EfficientNetLite0Int8()
+
+
+def test_openvino_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    ex = eff.EfficientNetLite0(runtime="openvino")
+    with pytest.raises(BackendUnavailable, match=r"'openvino' extra.*cbir\[openvino\]"):
+        ex.embed(np.zeros((1, 3, 224, 224), np.float32))
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite0-int8"])
+def test_openvino_gives_the_same_features(name: str, photos: list[Image.Image]) -> None:
+    """Same graph, other runtime: cosine >= 0.99 and the same top-1 class as onnxruntime, for
+    one batch and for two batches in flight (one stream each, as when indexing)."""
+    pytest.importorskip("openvino")
+    import functools
+    from concurrent.futures import ThreadPoolExecutor
+
+    ort_ex = create_extractor(name, intra_op_num_threads=1, runtime="onnxruntime")
+    batch = np.stack([ort_ex.preprocess(im) for im in photos])
+    want = ort_ex.embed(batch, regions=True)
+    for threads in (2, 1):
+        ov_ex = create_extractor(name, intra_op_num_threads=threads, runtime="openvino")
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(functools.partial(ov_ex.embed, regions=True), [batch, batch[::-1]]))
+        for emb, order in ((got[0], slice(None)), (got[1], slice(None, None, -1))):
+            cos = (emb.features[order] * want.features).sum(1)
+            assert cos.min() >= 0.99, (threads, cos)
+            assert (emb.probs[order].argmax(1) == want.probs.argmax(1)).all()
+            assert emb.regions is not None and emb.regions.shape == want.regions.shape

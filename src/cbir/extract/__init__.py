@@ -1,7 +1,8 @@
 """Feature extractors: protocol, registry and the built-in backbones.
 
-Importing this package registers "efficientnet-lite0", the opt-in "efficientnet-lite0-int8"
-and "colorhist" without importing torch or onnxruntime (onnxruntime loads on the first
+Importing this package registers "efficientnet-lite0-int8" (the default of new collections),
+"efficientnet-lite0" (fp32; alias "efficientnet-lite0-fp32") and "colorhist" without importing
+torch or onnxruntime (onnxruntime, or OpenVINO with CBIR_RUNTIME=openvino, loads on the first
 ``embed``; torch only to export).
 """
 

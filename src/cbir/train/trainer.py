@@ -437,10 +437,12 @@ def train_from_folder(dataset: Path, *, name: str, registry: ModelRegistry,
     cfg = config or TrainConfig()
     cfg.validate()
     if finetune:
+        from cbir.extract.base import canonical_extractor_name
+        from cbir.extract.finetuned import BASE
         from cbir.train.finetune import FinetuneConfig, finetune_from_folder
 
-        if extractor not in (None, DEFAULT_EXTRACTOR):
-            raise InvalidRequest(f"fine-tuning trains the last block of {DEFAULT_EXTRACTOR}; it cannot "
+        if extractor is not None and canonical_extractor_name(extractor) != BASE:
+            raise InvalidRequest(f"fine-tuning trains the last block of {BASE} (fp32); it cannot "
                                  f"start from extractor {extractor!r} (leave --extractor out)")
         ft = finetune if isinstance(finetune, FinetuneConfig) else FinetuneConfig()
         return finetune_from_folder(Path(dataset), name=name, registry=registry, config=cfg,
