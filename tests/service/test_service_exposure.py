@@ -376,8 +376,11 @@ def test_the_page_works_when_reads_need_the_token(coll, roots, tmp_path):
             pg.wait_for_selector("#results .hit")
             _until(pg, "[...document.querySelectorAll('#results img')].every(i => "
                        "i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0)")
+            pg.click("#results .hit button.open")  # the viewer shows the full image from a blob: URL
+            _until(pg, "(i => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0)"
+                       "(document.querySelector('#viewer-img'))")
             with ctx.expect_page() as popup:
-                pg.click("#results .hit a.open")
+                pg.click("#viewer-open")
             popup.value.wait_for_load_state()
             # the page opens a blank window and points it at the image's blob: URL
             _until(popup.value, "location.href.startsWith('blob:') && "

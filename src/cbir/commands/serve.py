@@ -9,6 +9,7 @@ to Host names it knows (``--allowed-host``). Folders may only be indexed from th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -34,7 +35,11 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                    metavar="DIR",
                    help="collection directory (same as the global --collection)")
     s.add_argument("--allow-root", action="append", default=[], metavar="DIR", type=Path,
-                   help="a folder the web page may index (with its sub-folders); repeatable")
+                   help="a folder the web page may index (with its sub-folders); repeatable. Without "
+                   "it a loopback server allows your home folder and the collection's indexed "
+                   "folders; any other --host allows none")
+    s.add_argument("--no-default-roots", action="store_true",
+                   help="on loopback without --allow-root: allow no folder (indexing from the page is off)")
     s.add_argument("--token-file", type=Path, default=None,
                    help="file with API token hashes (see --create-token); also $CBIR_API_TOKEN")
     s.add_argument("--public-read", action="store_true",
@@ -86,6 +91,8 @@ def build_config(args: argparse.Namespace):
         roots.append(r.resolve())
     hashes = load_token_hashes(args.token_file)
     loopback = is_loopback(args.host)
+    if not roots and loopback and not getattr(args, "no_default_roots", False):
+        roots = default_roots(Path(collection))
     if not loopback and not hashes:
         raise InvalidRequest(f"--host {args.host} lets other machines reach the server: give "
                              "--token-file (make one with --create-token FILE) or set $CBIR_API_TOKEN")
@@ -116,6 +123,45 @@ def build_config(args: argparse.Namespace):
                          public_read=bool(getattr(args, "public_read", False)),
                          allowed_hosts=accepted_hosts(args.host, getattr(args, "allowed_host", None) or []),
                          **tuning)
+
+
+def default_roots(collection: Path) -> list[Path]:
+    """What a loopback server may index without --allow-root: the user's home and the folders
+    already indexed into the collection (so a first run can index a folder the user names).
+    Off loopback nothing is allowed by default."""
+    out: list[Path] = []
+    with contextlib.suppress(RuntimeError, KeyError, OSError):
+        home = Path.home().resolve()
+        if home.is_dir() and home != Path(home.anchor):  # never the whole file system
+            out.append(home)
+    for r in _indexed_folders(collection):
+        p = Path(r)
+        if p.is_dir() and not any(p == q or q in p.parents for q in out):
+            out.append(p)
+    return out
+
+
+def _indexed_folders(collection: Path) -> list[str]:
+    """The folders recorded in the collection's catalog (empty without a collection)."""
+    from cbir.store.catalog import CATALOG_NAME
+
+    path = collection / CATALOG_NAME
+    if not path.is_file():
+        return []
+    import sqlite3
+
+    from cbir.indexing import ROOTS_META
+
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (ROOTS_META,)).fetchone()
+        finally:
+            db.close()
+        roots = json.loads(row[0]) if row and row[0] else []
+    except (sqlite3.Error, ValueError):
+        return []
+    return [r for r in roots if isinstance(r, str)] if isinstance(roots, list) else []
 
 
 def check_not_served(directory: Path) -> None:

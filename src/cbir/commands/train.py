@@ -123,6 +123,9 @@ class _EpochBar:
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
+            if exc[0] is None and self.bar.n < self.bar.total:  # early stopping: end at the epochs run
+                self.bar.total = self.bar.n
+                self.bar.refresh()
             self.bar.close()
 
     def __call__(self, s: Any) -> None:
@@ -146,12 +149,12 @@ class _EpochBar:
 
 
 def _train_finetune(args: argparse.Namespace, dataset: Path) -> int:
-    from cbir.extract import DEFAULT_EXTRACTOR
-    from cbir.extract.finetuned import extractor_name
+    from cbir.extract.base import canonical_extractor_name
+    from cbir.extract.finetuned import BASE, extractor_name
     from cbir.train.finetune import FinetuneConfig, finetune_from_folder
 
-    if args.extractor not in (None, DEFAULT_EXTRACTOR):
-        raise InvalidRequest(f"--finetune trains the last block of {DEFAULT_EXTRACTOR}; it cannot start "
+    if args.extractor is not None and canonical_extractor_name(args.extractor) != BASE:
+        raise InvalidRequest(f"--finetune trains the last block of {BASE} (fp32); it cannot start "
                              f"from --extractor {args.extractor!r} (leave --extractor out)")
     own = extractor_name(args.name)
     if args.models is None:  # the model goes to the collection: it must be able to label it

@@ -18,6 +18,7 @@ from cbir.service.config import ServiceConfig
 from cbir.service.errors import install_error_handlers
 from cbir.service.guards import BodyLimitMiddleware, OriginGuardMiddleware, ReadTokenMiddleware
 from cbir.service.metrics import MetricsMiddleware
+from cbir.service.page_routes import router as page_router
 from cbir.service.routes import router
 from cbir.service.scene_routes import router as scene_router
 from cbir.service.state import ServiceState
@@ -141,6 +142,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(scene_router)
+    app.include_router(page_router)
     add_docs(app)
 
     @app.get("/", include_in_schema=False)

@@ -2,12 +2,20 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { health: null, followed: null, source: null, pollTimer: null };
+const ACTIVE = ["queued", "running"];
+const state = {
+  health: null, collection: null, roots: [], followed: null, source: null, pollTimer: null,
+  searchSeq: 0, hits: [], query: null, models: [],
+  view: { items: [], index: 0, seq: 0 },
+  dup: { groups: [], decisions: new Map(), seq: 0 },
+};
 
 // ---- helpers -------------------------------------------------------------------------
 function token() { return sessionStorage.getItem("cbir-token") || ""; }
 // a server bound to a non-loopback address wants the token for reads too (health says so)
 function readAuth() { return !!(state.health && state.health.read_auth_required); }
+// a phone or tablet: no dragging files, a button to choose a photo instead
+function touchDevice() { return window.matchMedia("(pointer: coarse)").matches || window.innerWidth < 600; }
 
 async function api(method, url, body) {
   const opts = { method, headers: {} };
@@ -40,13 +48,28 @@ function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") e.className = v; else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else if (v !== null && v !== undefined) e.setAttribute(k, v);
+    else if (v !== null && v !== undefined && v !== false) e.setAttribute(k, v === true ? "" : v);
   }
   for (const c of children) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   return e;
 }
 
-function pct(x) { return (100 * x).toFixed(2) + " %"; }
+// one number format everywhere: whole percents, grouped integers, short sizes and local dates
+const pct = (x) => `${Math.round(x)} %`;            // x in 0..100
+const pct1 = (x) => pct(100 * x);                   // x in 0..1
+const num = (n) => Number(n).toLocaleString();
+function bytes(n) {
+  if (n == null) return "";
+  if (n < 1024) return `${n} B`;
+  if (n < 1048576) return `${(n / 1024).toFixed(0)} KB`;
+  return `${(n / 1048576).toFixed(1)} MB`;
+}
+function when(t) {
+  if (t == null || t === "") return "";
+  const d = typeof t === "number" ? new Date(t * 1000) : new Date(t);
+  return isNaN(d) ? String(t) : d.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+}
+function basename(p) { return String(p || "").split(/[\\/]/).filter(Boolean).pop() || String(p || ""); }
 
 // ---- images behind the token ----------------------------------------------------------------
 // <img src> and links cannot send an Authorization header, and the server never takes the token
@@ -71,28 +94,37 @@ const lazyThumbs = window.IntersectionObserver ? new IntersectionObserver((entri
 }, { rootMargin: "300px" }) : null;
 
 function thumb(url, alt) {
-  return readAuth() ? el("img", { "data-src": url, alt }) : el("img", { src: url, alt, loading: "lazy" });
+  return readAuth() ? el("img", { "data-src": url, alt, decoding: "async" })
+    : el("img", { src: url, alt, loading: "lazy", decoding: "async" });
 }
 function loadThumbs(box) {
   box.querySelectorAll("img[data-src]").forEach((img) => { if (lazyThumbs) lazyThumbs.observe(img); else loadThumb(img); });
 }
+function setImage(img, url) {
+  if (!readAuth()) { img.src = url; return Promise.resolve(); }
+  img.removeAttribute("src");
+  return blobUrl(url).then((u) => { img.src = u; });
+}
 
-function openImage(ev, url) {
-  if (!readAuth()) return; // the link itself opens it
-  ev.preventDefault();
-  const w = window.open("", "_blank");
-  if (!w) { showError(new Error("allow pop-ups for this page to open full-size images")); return; }
-  blobUrl(url).then((u) => { w.location = u; }).catch((e) => { w.close(); showError(e); });
+function download(name, type, text) {
+  const u = URL.createObjectURL(new Blob([text], { type }));
+  const a = el("a", { href: u, download: name, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(u), 10000);
 }
 
 // ---- tabs ----------------------------------------------------------------------------
+const TABS = ["search", "duplicates", "index", "models"];
 function showTab() {
-  const name = (location.hash || "#search").slice(1);
-  const known = ["search", "index", "maintenance"].includes(name) ? name : "search";
+  let name = (location.hash || "#search").slice(1);
+  if (name === "maintenance") name = "models";
+  const known = TABS.includes(name) ? name : "search";
   document.querySelectorAll("[data-section]").forEach((s) => { s.hidden = s.dataset.section !== known; });
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.tab === known));
-  if (known === "maintenance") { loadInfo(); loadModels(); }
-  if (known === "index") loadJobs();
+  if (known === "models") { loadInfo(); loadModels(); }
+  if (known === "index") { loadRoots(); loadJobs(); }
 }
 
 // ---- header: health and collection ---------------------------------------------------------
@@ -107,158 +139,384 @@ async function loadHealth() {
       return false;
     }
     const c = await api("GET", "/api/collection");
+    state.collection = c;
     $("#stats").textContent = c.exists
-      ? `${c.images.toLocaleString()} images · ${c.extractor} · index ${c.index_type || "not built yet"}`
-      : "no collection yet: index a folder first";
+      ? `${num(c.images)} images · ${c.extractor} · index ${c.index_type || "not built yet"}`
+      : "no collection yet: index a folder to start";
+    const empty = !c.exists || !c.images;
+    $("#welcome").hidden = !empty;
+    $("#search-form").hidden = empty;
   } catch (e) { showError(e); }
   return true;
 }
 
 // ---- search --------------------------------------------------------------------------
-function setQueryFile(file) {
+function setQueryImage(file) {
   const dt = new DataTransfer();
   dt.items.add(file);
   $("#file").files = dt.files;
-  previewQuery();
+  $("#q").value = "";
+  showQueryChip(URL.createObjectURL(file), file.name, true);
 }
 
-function previewQuery() {
-  const f = $("#file").files[0];
+function showQueryChip(src, name, isBlob) {
   const img = $("#query-preview");
-  if (!f) { img.hidden = true; return; }
-  if (img.src) URL.revokeObjectURL(img.src);
-  img.src = URL.createObjectURL(f);
-  img.hidden = false;
-  $("#drop-text").textContent = f.name + " — drop another image or click to change";
+  if (img.dataset.blob) URL.revokeObjectURL(img.src);
+  img.dataset.blob = isBlob ? "1" : "";
+  img.src = src;
+  $("#query-name").textContent = name;
+  $("#query-name").title = name;
+  $("#query-chip").hidden = false;
 }
 
-async function runSearch(byId) {
+function clearQueryImage() {
+  $("#file").value = "";
+  const img = $("#query-preview");
+  if (img.dataset.blob) URL.revokeObjectURL(img.src);
+  img.dataset.blob = "";
+  img.removeAttribute("src");
+  $("#query-chip").hidden = true;
+  state.query = null;
+}
+
+// a new search: nothing of the previous one stays on screen (results, status, error)
+function beginSearch() {
   clearError();
+  closeViewer();
+  state.searchSeq += 1;
+  state.hits = [];
+  $("#results").replaceChildren();
+  revokeBlobs();
+  $("#search-status").textContent = "searching…";
+  return state.searchSeq;
+}
+function failSearch(seq, e) {
+  if (seq !== state.searchSeq) return;
+  state.hits = [];
+  $("#results").replaceChildren();
+  $("#search-status").textContent = "";
+  showError(e);
+}
+
+function searchParams() {
   const k = parseInt($("#k").value, 10);
   const minmatch = Math.min(100, Math.max(0, parseFloat($("#minsim").value) || 0));
-  if (!(k >= 1 && k <= 1000)) { showError(new Error("K must be a whole number between 1 and 1000")); return; }
-  let data;
-  const btn = $("#search-btn");
-  btn.disabled = true;
-  $("#search-status").textContent = "searching…";
-  try {
-    if (byId) {
-      data = await api("GET", `/api/search?id=${byId}&k=${k}&min_match=${minmatch}`);
-    } else {
-      const f = $("#file").files[0];
-      if (!f) throw new Error("choose or drop a query image first");
-      const fd = new FormData();
-      fd.append("file", f);
-      fd.append("k", String(k));
-      fd.append("min_match", String(minmatch));
-      data = await api("POST", "/api/search", fd);
-    }
-    renderHits(data);
-  } catch (e) {
-    $("#search-status").textContent = "";
-    showError(e);
-  } finally { btn.disabled = false; }
+  if (!(k >= 1 && k <= 1000)) throw new Error("Results must be a whole number between 1 and 1000");
+  const rr = $("#rerank").value;
+  const model = rr.startsWith("model:") ? rr.slice(6) : null;
+  return { k, minmatch, rerank: model ? "none" : rr, model };
 }
 
-function renderHits(data) {
+// one box: a query image (chosen, dropped, pasted, or "similar") wins; else the words
+function submitSearch(ev) {
+  if (ev) ev.preventDefault();
+  if (state.query && state.query.type === "id") return runSearch(state.query.id, state.query.name);
+  if ($("#file").files[0]) return runSearch();
+  if ($("#q").value.trim()) return runWords();
+  showError(new Error(touchDevice() ? "type some words, or choose a photo" : "type some words, or choose, drop or paste a photo"));
+}
+
+async function runSearch(byId, byName) {
+  const seq = beginSearch();
+  let p;
+  try { p = searchParams(); } catch (e) { failSearch(seq, e); return; }
+  const btn = $("#search-btn");
+  btn.disabled = true;
+  try {
+    let data;
+    if (byId) {
+      $("#q").value = "";
+      $("#file").value = "";
+      state.query = { type: "id", id: byId, name: byName || `image ${byId}` };
+      showQueryChip(`/api/images/${byId}/thumbnail`, `like ${state.query.name}`, false);
+      if (readAuth()) setImage($("#query-preview"), `/api/images/${byId}/thumbnail`).catch(() => {});
+      data = p.model
+        ? await api("GET", `/api/models/${encodeURIComponent(p.model)}/search?id=${byId}&k=${p.k}`)
+        : await api("GET", `/api/search?id=${byId}&k=${p.k}&min_match=${p.minmatch}&rerank=${p.rerank}`);
+    } else {
+      const f = $("#file").files[0];
+      if (!f) throw new Error("choose a photo first");
+      state.query = { type: "upload", name: f.name };
+      const fd = new FormData();
+      fd.append("file", f);
+      fd.append("k", String(p.k));
+      if (p.model) data = await api("POST", `/api/models/${encodeURIComponent(p.model)}/search`, fd);
+      else {
+        fd.append("min_match", String(p.minmatch));
+        fd.append("rerank", p.rerank);
+        data = await api("POST", "/api/search", fd);
+      }
+    }
+    if (seq !== state.searchSeq) return;
+    if (p.model) data.hits = data.hits.filter((h) => h.match == null || h.match >= p.minmatch);
+    renderHits(data, p);
+  } catch (e) { failSearch(seq, e); } finally { btn.disabled = false; }
+}
+
+function hitCard(h, i, sim, simTitle, extra) {
+  return el("div", { class: "hit", "data-id": h.id },
+    el("button", { type: "button", class: "open", title: `${h.name} — open`, "aria-label": `open ${h.name}`,
+      onclick: () => openViewer(state.hits, i) }, thumb(h.thumbnail_url, h.name)),
+    el("div", { class: "meta" },
+      el("span", { class: "sim", title: simTitle }, sim),
+      el("button", { type: "button", class: "like", title: "find images like this one",
+        onclick: () => runSearch(h.id, h.name) }, "similar")),
+    el("div", { class: "name", title: h.path }, h.name),
+    extra || null);
+}
+
+function renderHits(data, p) {
   const box = $("#results");
-  box.replaceChildren();
-  revokeBlobs();
+  state.hits = data.hits;
   const q = data.query.type === "id" ? `images like ${data.query.name}` : data.query.name;
+  const how = p.model ? `, re-ranked by model ${p.model}` : p.rerank !== "none" ? `, re-ranked (${p.rerank})` : "";
   $("#search-status").textContent = data.collection_images === 0
-    ? "the collection is empty: index a folder first (Index tab)"
-    : `${data.hits.length} result(s) for ${q} in ${Math.round(data.took_ms)} ms, from ${data.collection_images.toLocaleString()} images`;
-  for (const h of data.hits) {
-    const card = el("div", { class: "hit", "data-id": h.id },
-      el("a", { class: "open", href: h.image_url, target: "_blank", rel: "noopener", title: h.path,
-        onclick: (ev) => openImage(ev, h.image_url) },
-        thumb(h.thumbnail_url, h.name)),
-      el("div", { class: "meta" },
-        el("span", { class: "sim", title: `match: 0 % = as alike as two random photos here, 100 % = the same image; `
-          + `similarity 1/(1+d) ${pct(h.similarity)}, distance ${h.distance.toFixed(4)}` },
-           h.match == null ? pct(h.similarity) : `${h.match.toFixed(0)} % match`),
-        el("button", { type: "button", class: "like", title: "find images like this one",
-          onclick: () => runSearch(h.id) }, "similar")),
-      el("div", { class: "name", title: h.path }, `#${h.rank} ${h.name}`));
-    box.append(card);
-  }
+    ? "the collection is empty: index a folder first"
+    : `${data.hits.length} result(s) for ${q} in ${num(Math.round(data.took_ms))} ms, from ${num(data.collection_images)} images${how}`;
+  box.replaceChildren(...data.hits.map((h, i) => {
+    const title = `match: 0 % = as alike as two random photos here, 100 % = the same image; `
+      + `similarity 1/(1+d) ${pct1(h.similarity)}` + (h.model_label ? `; model: ${h.model_label} ${pct1(h.model_prob)}` : "");
+    const sim = h.match == null ? pct1(h.similarity) : `${pct(h.match)} match`;
+    return hitCard(h, i, sim, title, h.model_label ? el("div", { class: "evidence muted" }, `${h.model_label} ${pct1(h.model_prob)}`) : null);
+  }));
   loadThumbs(box);
 }
 
-async function runScene(ev) {
-  if (ev) ev.preventDefault();
-  clearError();
-  const q = $("#scene-q").value.trim();
-  const k = parseInt($("#k").value, 10);
-  if (!q) { showError(new Error("type one or more concepts, e.g. sky water")); return; }
-  if (!(k >= 1 && k <= 1000)) { showError(new Error("K must be a whole number between 1 and 1000")); return; }
-  const btn = $("#scene-btn");
+async function runWords() {
+  const seq = beginSearch();
+  clearQueryImage();
+  const q = $("#q").value.trim();
+  let p;
+  try { p = searchParams(); } catch (e) { failSearch(seq, e); return; }
+  const btn = $("#search-btn");
   btn.disabled = true;
-  $("#search-status").textContent = "searching…";
   try {
-    const data = await api("GET", `/api/scenes?q=${encodeURIComponent(q)}&k=${k}`);
+    const data = await api("GET", `/api/scenes?q=${encodeURIComponent(q)}&k=${p.k}`);
+    if (seq !== state.searchSeq) return;
     renderScene(data);
   } catch (e) {
-    $("#search-status").textContent = "";
-    showError(/no concept model/.test(e.message)
-      ? new Error(e.message + " (on the server: cbir concepts train)") : e);
+    failSearch(seq, /no concept model/.test(e.message) ? new Error(e.message + " (on the server: cbir concepts train)") : e);
   } finally { btn.disabled = false; }
 }
 
 function renderScene(data) {
   const box = $("#results");
-  box.replaceChildren();
-  revokeBlobs();
+  state.hits = data.hits;
   const notes = data.notes.length ? ` (${data.notes.join("; ")})` : "";
   $("#search-status").textContent =
-    `${data.hits.length} scene(s) showing ${data.query.join(" + ")} in ${Math.round(data.took_ms)} ms${notes}`;
-  for (const h of data.hits) {
+    `${data.hits.length} photo(s) showing ${data.query.join(" + ")} in ${num(Math.round(data.took_ms))} ms${notes}`;
+  box.replaceChildren(...data.hits.map((h, i) => {
     const ev = Object.entries(h.evidence).map(([c, e]) =>
-      `${c} ${Math.round(100 * e.visual)}%` + (e.text === null ? "" : ` / tags ${Math.round(100 * e.text)}%`));
-    const card = el("div", { class: "hit", "data-id": h.id },
-      el("a", { class: "open", href: h.image_url, target: "_blank", rel: "noopener", title: h.path,
-        onclick: (ev) => openImage(ev, h.image_url) },
-        thumb(h.thumbnail_url, h.name)),
-      el("div", { class: "meta" },
-        el("span", { class: "sim", title: "fused relevance r(Q, image)" }, h.score.toFixed(3)),
-        el("button", { type: "button", class: "like", title: "find images like this one",
-          onclick: () => runSearch(h.id) }, "similar")),
-      el("div", { class: "name", title: ev.join(", ") }, `#${h.rank} ${h.name}`),
-      el("div", { class: "evidence muted" }, ev.join(" · ")));
-    box.append(card);
-  }
+      `${c} ${pct1(e.visual)}` + (e.text === null ? "" : ` / tags ${pct1(e.text)}`));
+    const score = h.score >= 0 && h.score <= 1 ? `${pct1(h.score)} fit` : h.score.toFixed(2);
+    return hitCard(h, i, score, "how well the photo shows all the words (fused relevance)",
+      el("div", { class: "evidence muted", title: ev.join(", ") }, ev.join(" · ")));
+  }));
   loadThumbs(box);
 }
 
-// ---- indexing jobs ----------------------------------------------------------------------
+// ---- the viewer (lightbox) --------------------------------------------------------------------
+function openViewer(items, index) {
+  state.view = { items, index, seq: state.view.seq + 1 };
+  const dlg = $("#viewer");
+  if (!dlg.open) dlg.showModal();
+  renderViewer();
+}
+
+function closeViewer() {
+  const dlg = $("#viewer");
+  if (dlg.open) dlg.close();
+}
+
+function moveViewer(step) {
+  const v = state.view;
+  const i = v.index + step;
+  if (i < 0 || i >= v.items.length) return;
+  v.index = i;
+  v.seq += 1;
+  renderViewer();
+}
+
+async function renderViewer() {
+  const v = state.view;
+  const h = v.items[v.index];
+  const seq = v.seq;
+  const img = $("#viewer-img");
+  img.removeAttribute("src");
+  img.alt = h.name || basename(h.path);
+  $("#viewer-name").textContent = h.name || basename(h.path);
+  $("#viewer-pos").textContent = `${v.index + 1} of ${v.items.length}`;
+  $("#viewer-prev").disabled = v.index === 0;
+  $("#viewer-next").disabled = v.index >= v.items.length - 1;
+  $("#viewer-open").href = h.image_url;
+  const score = h.match != null ? [["match", pct(h.match)]] : [];
+  $("#viewer-meta").replaceChildren(...[["path", h.path], ...score].flatMap(([k, x]) => [el("dt", {}, k), el("dd", {}, x)]));
+  setImage(img, h.image_url).catch((e) => { if (seq === state.view.seq) showError(e); });
+  try {
+    const m = await api("GET", `/api/images/${h.id}/meta`);
+    if (seq !== state.view.seq) return;
+    const chips = (xs) => xs.length ? el("span", { class: "chips" }, ...xs.map((x) => el("span", { class: "chip small" }, x))) : "—";
+    const rows = [["path", m.path], ...score,
+      ["size", `${m.width && m.height ? `${num(m.width)} × ${num(m.height)} px · ` : ""}${bytes(m.size)}`],
+      ["indexed", when(m.indexed_at)],
+      ["labels", chips(m.labels.map((l) => `${l.label} ${pct1(l.prob)}`))],
+      ["tags", chips(m.tags)]];
+    $("#viewer-meta").replaceChildren(...rows.flatMap(([k, x]) => [el("dt", {}, k), el("dd", { "data-field": k }, x)]));
+  } catch (e) { if (seq === state.view.seq) showError(e); }
+}
+
+function viewerSimilar() {
+  const h = state.view.items[state.view.index];
+  location.hash = "#search";
+  runSearch(h.id, h.name);
+}
+
+function viewerDuplicates() {
+  const h = state.view.items[state.view.index];
+  closeViewer();
+  location.hash = "#duplicates";
+  findDuplicates(null, h);
+}
+
+// ---- duplicates ----------------------------------------------------------------------------
+async function findDuplicates(ev, of) {
+  if (ev) ev.preventDefault();
+  clearError();
+  const seq = ++state.dup.seq;
+  state.dup.groups = [];
+  state.dup.decisions = new Map();
+  $("#dup-groups").replaceChildren();
+  $("#dup-csv").disabled = $("#dup-json").disabled = true;
+  const t = parseFloat($("#dup-threshold").value);
+  if (!(t >= 0.5 && t <= 1)) { $("#dup-status").textContent = ""; showError(new Error("the threshold is a similarity between 0.5 and 1")); return; }
+  $("#dup-status").textContent = "looking for duplicates…";
+  try {
+    const q = `threshold=${t}&near=${$("#dup-near").checked}` + (of ? `&id=${of.id}` : "");
+    const data = await api("GET", `/api/duplicates?${q}`);
+    if (seq !== state.dup.seq) return;
+    state.dup.groups = data.groups;
+    for (const g of data.groups) for (const m of g.members) state.dup.decisions.set(m.id, m.keeper ? "keep" : "mark");
+    const what = of ? `copies of ${of.name}` : "duplicates";
+    $("#dup-status").textContent = data.groups.length
+      ? `${num(data.total_groups)} group(s) of ${what}, ${num(data.images_in_groups)} images (threshold ${t}, ${num(Math.round(data.took_ms))} ms)`
+        + (data.total_groups > data.groups.length ? `; showing the ${data.groups.length} largest` : "")
+      : `no ${what} at threshold ${t}`;
+    renderDuplicates();
+  } catch (e) {
+    if (seq !== state.dup.seq) return;
+    $("#dup-status").textContent = "";
+    showError(e);
+  }
+}
+
+function renderDuplicates() {
+  const box = $("#dup-groups");
+  box.replaceChildren(...state.dup.groups.map((g) => {
+    const items = g.members.map((m) => ({ ...m, match: null }));
+    return el("div", { class: "dup-group card", "data-group": g.group },
+      el("h3", {}, `Group ${g.group} · ${g.kind === "exact" ? "identical files" : "near copies"} · ${g.members.length} images`),
+      el("div", { class: "dup-row" }, ...g.members.map((m, i) => dupCard(m, items, i))));
+  }));
+  loadThumbs(box);
+  const any = state.dup.groups.length > 0;
+  $("#dup-csv").disabled = $("#dup-json").disabled = !any;
+}
+
+function dupCard(m, items, i) {
+  const decision = state.dup.decisions.get(m.id);
+  const set = (d) => { state.dup.decisions.set(m.id, d); renderDuplicates(); };
+  return el("div", { class: `dup-card ${decision}`, "data-id": m.id },
+    el("button", { type: "button", class: "open", title: `${m.name} — open`, "aria-label": `open ${m.name}`,
+      onclick: () => openViewer(items, i) }, thumb(m.thumbnail_url, m.name)),
+    el("div", { class: "name", title: m.path }, m.name),
+    el("div", { class: "muted small" }, `${m.width && m.height ? `${m.width} × ${m.height} · ` : ""}${bytes(m.size)}`),
+    el("div", { class: "muted small" }, m.keeper ? "suggested keeper" : `similarity ${pct1(m.similarity ?? 0)}`),
+    el("div", { class: "toggle", role: "group", "aria-label": `decision for ${m.name}` },
+      el("button", { type: "button", class: "keep", "aria-pressed": String(decision === "keep"), onclick: () => set("keep") }, "keep"),
+      el("button", { type: "button", class: "mark", "aria-pressed": String(decision === "mark"), onclick: () => set("mark") }, "mark")));
+}
+
+function dupRows() {
+  const rows = [];
+  for (const g of state.dup.groups) for (const m of g.members) {
+    rows.push({ group: g.group, kind: g.kind, decision: state.dup.decisions.get(m.id) === "keep" ? "keep" : "remove",
+      suggested_keeper: m.keeper, similarity: m.similarity, id: m.id, path: m.path, width: m.width,
+      height: m.height, size: m.size });
+  }
+  return rows;
+}
+
+function csvCell(v) {
+  const s = v == null ? "" : String(v);
+  // quote; and keep a spreadsheet from reading a cell as a formula
+  return /^[=+\-@]/.test(s) || /[",\n\r]/.test(s) ? `"${(/^[=+\-@]/.test(s) ? "'" : "") + s.replace(/"/g, '""')}"` : s;
+}
+
+function exportDuplicates(kind) {
+  const rows = dupRows();
+  if (kind === "json") {
+    download("cbir-duplicates.json", "application/json", JSON.stringify({ threshold: parseFloat($("#dup-threshold").value), images: rows }, null, 2));
+  } else {
+    const cols = ["group", "kind", "decision", "suggested_keeper", "similarity", "id", "path", "width", "height", "size"];
+    download("cbir-duplicates.csv", "text/csv", [cols.join(","), ...rows.map((r) => cols.map((c) => csvCell(r[c])).join(","))].join("\n") + "\n");
+  }
+}
+
+// ---- jobs ------------------------------------------------------------------------------
 async function loadRoots() {
   try {
     const r = await api("GET", "/api/roots");
-    $("#roots").textContent = r.roots.length ? r.roots.join(", ") : "none — start the server with --allow-root DIR";
-    const dl = $("#roots-list");
-    dl.replaceChildren(...r.roots.map((x) => el("option", { value: x })));
-    if (r.roots.length && !$("#folder").value) $("#folder").value = r.roots[0];
-    $("#index-btn").disabled = r.roots.length === 0;
-  } catch (e) { showError(e); }
+    state.roots = r.roots;
+    const text = r.roots.length ? r.roots.join(", ") : "none — indexing from this page is off (start the server with --allow-root DIR)";
+    $("#roots").textContent = text;
+    $("#welcome-roots").textContent = text;
+    $("#roots-list").replaceChildren(...r.roots.map((x) => el("option", { value: x })));
+    if (r.roots.length && !$("#welcome-folder").value) $("#welcome-folder").placeholder = r.roots[0];
+  } catch (e) { if (e.status !== 401) showError(e); }
+}
+
+const UNITS = { index: "files", rebuild: "files", train: "epochs", clear: "steps" };
+// one wording for the live panel and the jobs table, so they never disagree
+function jobProgress(job) {
+  const unit = UNITS[job.kind] || "steps";
+  const of = job.total ? `${num(job.done)} of ${num(job.total)} ${unit}` : "";
+  switch (job.status) {
+    case "succeeded": return `100 % — done${of ? ": " + of : ""}`;
+    case "queued": return "waiting for the previous job";
+    case "running": return job.total ? `${pct(job.percent)} — ${of}` : (job.message || "starting…");
+    default: return `${job.status}${of ? " at " + of : ""}`;  // never a percentage: it did not finish
+  }
+}
+function jobTarget(job) {
+  const p = job.params || {};
+  return job.kind === "train" ? `model ${p.name || ""}` : p.path ? basename(p.path) : "";
 }
 
 function renderJob(job) {
   $("#job-panel").hidden = false;
-  const what = job.kind === "train" ? ` ${job.params.name}` : job.params.path ? " " + job.params.path : "";
-  $("#job-title").textContent = job.kind + what;
-  const st = $("#job-status");
-  st.textContent = job.status;
-  st.className = "badge " + job.status;
-  $("#job-cancel").hidden = !["queued", "running"].includes(job.status);
-  $("#progress").value = job.percent;
-  const count = job.total ? ` (${job.done} of ${job.total})` : "";
-  $("#progress-text").textContent = `${job.percent.toFixed(0)} %${count} — ${job.message}`;
+  $("#job-title").textContent = `${job.kind} ${jobTarget(job)}`.trim();
+  const badge = $("#job-status");
+  badge.textContent = job.status;
+  badge.className = "badge " + job.status;
+  const bar = $("#progress");
+  bar.classList.toggle("stopped", !ACTIVE.includes(job.status) && job.status !== "succeeded");
+  if (job.status === "running" && !job.total) bar.removeAttribute("value");   // reading: indeterminate
+  else bar.value = job.status === "succeeded" ? 100 : Math.min(job.percent, ACTIVE.includes(job.status) ? 100 : 99);
+  // the message of a stopped job often repeats its status: "cancelled; work already committed is kept…"
+  const note = (job.message || "").replace(new RegExp(`^${job.status}[;:,]?\\s*`), "");
+  const msg = (job.status === "running" && job.total) || !["succeeded", "running", "queued"].includes(job.status)
+    ? (note ? ` · ${note}` : "") : "";
+  $("#progress-text").textContent = jobProgress(job) + msg;
+  $("#job-cancel").hidden = !ACTIVE.includes(job.status);
   const details = $("#job-errors");
-  details.hidden = job.error_count === 0;
+  details.hidden = !job.error_count;
   if (job.error_count) {
     details.querySelector("summary").textContent = `${job.error_count} file(s) could not be indexed`;
     details.querySelector("ul").replaceChildren(...job.errors.map((e) => el("li", {}, `${e.path}: ${e.reason}`)));
   }
+  // the table shows the same job from the same data
+  const row = document.querySelector(`#jobs tr[data-id="${job.id}"]`);
+  if (row) row.replaceWith(jobRow(job));
 }
 
 function stopFollowing() {
@@ -270,8 +528,9 @@ function followJob(id) {
   stopFollowing();
   state.followed = id;
   const done = (job) => {
+    if (state.followed !== id) return true;
     renderJob(job);
-    if (!["queued", "running"].includes(job.status)) {
+    if (!ACTIVE.includes(job.status)) {
       stopFollowing();
       loadJobs(); loadHealth();
       if (job.kind === "train") loadModels();
@@ -293,33 +552,35 @@ function followJob(id) {
   } else poll();
 }
 
-async function startIndex(ev) {
-  ev.preventDefault();
+async function startIndex(path) {
   clearError();
   try {
-    const job = await api("POST", "/api/index-jobs", { path: $("#folder").value.trim() });
+    const job = await api("POST", "/api/index-jobs", { path });
     renderJob(job);
     followJob(job.id);
     loadJobs();
   } catch (e) { showError(e); }
 }
 
+function jobRow(j) {
+  return el("tr", { "data-id": j.id },
+    el("td", { "data-label": "Kind" }, j.kind),
+    el("td", { class: "path", "data-label": "Folder" }, j.params.path || (j.kind === "train" ? j.params.name : "") || ""),
+    el("td", { "data-label": "Status" }, el("span", { class: "badge " + j.status }, j.status)),
+    el("td", { "data-label": "Progress" }, jobProgress(j)),
+    el("td", { class: "msg", "data-label": "Message" }, j.message),
+    el("td", { "data-label": "" }, ["failed", "cancelled", "interrupted"].includes(j.status) && !j.params.uploaded
+      ? el("button", { type: "button", class: "secondary", onclick: () => retryJob(j.id) }, "Run again") : null));
+}
+
 async function loadJobs() {
   try {
     const { jobs } = await api("GET", "/api/jobs?limit=15");
-    const body = $("#jobs tbody");
-    body.replaceChildren(...jobs.map((j) => el("tr", {},
-      el("td", {}, j.kind),
-      el("td", { class: "path" }, j.params.path || ""),
-      el("td", {}, el("span", { class: "badge " + j.status }, j.status)),
-      el("td", {}, j.total ? `${j.percent.toFixed(0)} % (${j.done}/${j.total})` : `${j.percent.toFixed(0)} %`),
-      el("td", {}, j.message),
-      el("td", {}, ["failed", "cancelled", "interrupted"].includes(j.status) && !j.params.uploaded
-        ? el("button", { type: "button", class: "secondary", onclick: () => retryJob(j.id) }, "Run again") : null))));
+    $("#jobs tbody").replaceChildren(...jobs.map(jobRow));
     // a job that is still active when the page (re)loads is followed again
-    const active = jobs.find((j) => ["running", "queued"].includes(j.status));
+    const active = jobs.find((j) => ACTIVE.includes(j.status));
     if (active && state.followed !== active.id) { renderJob(active); followJob(active.id); }
-  } catch (e) { showError(e); }
+  } catch (e) { if (e.status !== 401) showError(e); }
 }
 
 async function retryJob(id) {
@@ -333,14 +594,14 @@ async function cancelJob() {
   try { renderJob(await api("POST", `/api/jobs/${state.followed}/cancel`)); } catch (e) { showError(e); }
 }
 
-// ---- maintenance ------------------------------------------------------------------------
+// ---- collection maintenance -------------------------------------------------------------------
 async function loadInfo() {
   try {
     const c = await api("GET", "/api/collection");
     const rows = c.exists
-      ? [["collection", c.collection], ["images", c.images], ["failed files", c.errors], ["extractor", c.extractor],
+      ? [["collection", c.collection], ["images", num(c.images)], ["failed files", num(c.errors)], ["extractor", c.extractor],
          ["index", `${c.index_type || "not built"} (${c.index_up_to_date ? "up to date" : "will sync on next search"})`],
-         ["disk", `${((c.catalog_bytes + c.index_bytes) / 1048576).toFixed(1)} MB`]]
+         ["disk", bytes((c.catalog_bytes || 0) + (c.index_bytes || 0))]]
       : [["collection", `${c.collection} (not created yet)`]];
     $("#info").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
   } catch (e) { showError(e); }
@@ -354,76 +615,106 @@ async function maintenance(kind) {
       : { index_type: $("#rebuild-type").value || null, rescan: $("#rebuild-rescan").checked };
     const job = await api("POST", `/api/index/${kind}`, body);
     $("#maint-status").textContent = `${kind} started…`;
+    renderJob(job);
+    followJob(job.id);
     const wait = async () => {
       const j = await api("GET", `/api/jobs/${job.id}`);
-      if (["queued", "running"].includes(j.status)) { setTimeout(wait, 500); return; }
+      if (ACTIVE.includes(j.status)) { setTimeout(wait, 300); return; }
       $("#maint-status").textContent = `${kind}: ${j.status} — ${j.message}`;
-      if (j.status === "failed") showError(new Error(j.message));
       loadInfo(); loadHealth();
     };
     wait();
   } catch (e) { showError(e); }
 }
 
+// ---- models ---------------------------------------------------------------------------------
 async function loadModels() {
   const box = $("#models");
   const can = state.health && state.health.training_available;
   $("#train-form").hidden = !can;
   if (!can) {
+    state.models = [];
+    fillModelChoices();
     box.replaceChildren(el("p", { class: "muted" }, "Model training is not available in this build."));
     return;
   }
   try {
     const { models } = await api("GET", "/api/models");
-    if (!models.length) { box.replaceChildren(el("p", { class: "muted" }, "No trained models yet.")); return; }
-    const cols = ["name", "classes", "epochs", "val_accuracy", "trained_by", "trained_at"];
-    box.replaceChildren(el("div", { class: "table-wrap" }, el("table", {},
-      el("thead", {}, el("tr", {}, ...cols.map((c) => el("th", {}, c)), el("th", {}, ""))),
-      el("tbody", {}, ...models.map((m) => el("tr", {}, ...cols.map((c) => el("td", {}, m[c] ?? "")),
-        el("td", {}, el("button", { type: "button", class: "secondary", onclick: () => showCurves(m.name) }, "curves"),
-          " ", el("button", { type: "button", class: "danger", onclick: () => deleteModel(m.name) }, "delete"))))))));
+    state.models = models;
+    fillModelChoices();
+    if (!models.length) { box.replaceChildren(el("p", { class: "muted" }, "No trained models yet: train one from a folder with one sub-folder of photos per class.")); return; }
+    const head = ["Name", "Classes", "Head", "Epochs", "Validation accuracy", "Trained by", "Trained", ""];
+    box.replaceChildren(el("div", { class: "table-wrap" }, el("table", { class: "stack" },
+      el("thead", {}, el("tr", {}, ...head.map((c) => el("th", {}, c)))),
+      el("tbody", {}, ...models.map((m) => {
+        const name = m.error ? el("span", {}, m.name, el("br"), el("span", { class: "badge failed", title: m.error }, "damaged")) : m.name;
+        const cells = [name, m.classes ?? "", m.head || "", m.epochs ?? "",
+          m.val_accuracy == null ? "—" : pct1(m.val_accuracy), m.trained_by || "", when(m.trained_at)];
+        return el("tr", { "data-model": m.name }, ...cells.map((c, i) => el("td", { "data-label": head[i] }, c)),
+          el("td", { class: "actions", "data-label": "" },
+            el("button", { type: "button", class: "secondary", onclick: () => showCurves(m.name) }, "curves"),
+            el("button", { type: "button", class: "secondary", onclick: () => showLabels(m.name) }, "labels"),
+            el("button", { type: "button", class: "secondary", onclick: () => searchWithModel(m.name) }, "search with it"),
+            el("button", { type: "button", class: "danger", onclick: () => deleteModel(m.name) }, "delete")));
+      })))));
   } catch (e) { box.replaceChildren(el("p", { class: "muted" }, e.message)); }
+}
+
+function fillModelChoices() {
+  const group = $("#rerank-models");
+  const keep = $("#rerank").value;
+  group.replaceChildren(...state.models.map((m) => el("option", { value: "model:" + m.name }, m.name)));
+  group.hidden = !state.models.length;
+  $("#rerank").value = [...$("#rerank").options].some((o) => o.value === keep) ? keep : "none";
+}
+
+function searchWithModel(name) {
+  $("#rerank").value = "model:" + name;
+  location.hash = "#search";
+  clearError();
+  if (state.query && state.query.type === "id") runSearch(state.query.id, state.query.name);
+  else if ($("#file").files[0]) runSearch();
+  else $("#search-status").textContent = `searches by photo are now re-ranked by model ${name}: choose a photo or press "similar" on one`;
 }
 
 async function deleteModel(name) {
   if (!confirm(`Delete model ${name}?`)) return;
-  try { await api("DELETE", `/api/models/${encodeURIComponent(name)}`); loadModels(); } catch (e) { showError(e); }
+  try { await api("DELETE", `/api/models/${encodeURIComponent(name)}`); $("#curves").replaceChildren(); $("#labels").replaceChildren(); loadModels(); }
+  catch (e) { showError(e); }
 }
 
-async function showCurves(name) {
+function showCurves(name) {
+  clearError();
+  const box = $("#curves");
+  const img = el("img", { class: "curves", alt: `training curves of ${name}: loss, accuracy and epochs against time` });
+  img.addEventListener("error", () => showError(new Error(`the curves of ${name} could not be drawn (see the server log)`)));
+  box.replaceChildren(el("h3", {}, `Training curves of ${name}`), img,
+    el("p", { class: "muted small" }, "The same plot as ", el("code", {}, `cbir models curves ${name} --out curves.png`), "."));
+  setImage(img, `/api/models/${encodeURIComponent(name)}/curves.png?t=${Date.now()}`).catch(showError);
+}
+
+async function showLabels(name, label) {
+  clearError();
+  const box = $("#labels");
+  box.replaceChildren(el("h3", {}, `Labels of the collection by ${name}`), el("p", { class: "muted" }, "labelling…"));
   try {
-    const m = await api("GET", `/api/models/${encodeURIComponent(name)}`);
-    const series = Object.entries(m.curves || {})
-      .filter(([k, v]) => k !== "epoch" && Array.isArray(v) && v.filter((x) => typeof x === "number").length > 1)
-      .map(([k, v]) => [k === "seconds" ? "elapsed training time (s)" : k, v.filter((x) => typeof x === "number")]);
-    const box = $("#curves");
-    box.replaceChildren(el("h3", {}, `Training curves of ${name}`));
-    for (const [label, values] of series) box.append(el("p", {}, `${label} by epoch`), plot(values));
-    if (!series.length) box.append(el("p", { class: "muted" }, "this model has no curves"));
-  } catch (e) { showError(e); }
-}
-
-function plot(values) {
-  const W = 560, H = 180, P = 28;
-  const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
-  const pts = values.map((v, i) => `${P + (i * (W - 2 * P)) / (values.length - 1)},${H - P - ((v - lo) * (H - 2 * P)) / span}`);
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  svg.setAttribute("class", "curve");
-  const line = document.createElementNS(ns, "polyline");
-  line.setAttribute("points", pts.join(" "));
-  line.setAttribute("fill", "none");
-  line.setAttribute("stroke", "#2f5fd0");
-  line.setAttribute("stroke-width", "2");
-  svg.append(line);
-  for (const [y, v] of [[P - 8, hi], [H - P + 16, lo]]) {
-    const t = document.createElementNS(ns, "text");
-    t.setAttribute("x", "2"); t.setAttribute("y", String(y)); t.setAttribute("font-size", "11");
-    t.textContent = v.toPrecision(3);
-    svg.append(t);
-  }
-  return svg;
+    const q = label ? `&label=${encodeURIComponent(label)}` : "";
+    const data = await api("GET", `/api/models/${encodeURIComponent(name)}/labels?limit=36${q}`);
+    const chips = Object.entries(data.counts).sort((a, b) => b[1] - a[1]).map(([c, n]) =>
+      el("button", { type: "button", class: "chip" + (c === label ? " on" : ""), "aria-pressed": String(c === label),
+        onclick: () => showLabels(name, c === label ? null : c) }, `${c} · ${num(n)}`));
+    const items = data.rows.map((r) => ({ ...r, match: null }));
+    const grid = el("div", { class: "grid" }, ...data.rows.map((r, i) => el("div", { class: "hit", "data-id": r.id },
+      el("button", { type: "button", class: "open", "aria-label": `open ${r.name}`, onclick: () => openViewer(items, i) }, thumb(r.thumbnail_url, r.name)),
+      el("div", { class: "meta" }, el("span", { class: "sim" }, `${r.label} ${pct1(r.prob)}`)),
+      el("div", { class: "name", title: r.path }, r.name))));
+    box.replaceChildren(el("h3", {}, `Labels of the collection by ${name}`),
+      el("p", { class: "muted" }, `${num(data.total)} image(s)${label ? ` labelled ${label}` : ""}`
+        + (data.total > data.rows.length ? `, the ${data.rows.length} most confident shown` : "")
+        + "; nothing is written to the collection. Pick a class:"),
+      el("div", { class: "chips" }, ...chips), grid);
+    loadThumbs(grid);
+  } catch (e) { box.replaceChildren(); showError(e); }
 }
 
 async function startTraining(ev) {
@@ -431,6 +722,8 @@ async function startTraining(ev) {
   clearError();
   const body = { path: $("#train-folder").value.trim(), options: { epochs: parseInt($("#train-epochs").value, 10) || 30 } };
   if ($("#train-name").value.trim()) body.name = $("#train-name").value.trim();
+  const patience = parseInt($("#train-patience").value, 10);
+  if (patience > 0) body.options.patience = patience;
   try {
     const job = await api("POST", "/api/train-jobs", body);
     renderJob(job);
@@ -439,6 +732,14 @@ async function startTraining(ev) {
 }
 
 // ---- wiring ---------------------------------------------------------------------------
+function firstImage(list) {
+  for (const item of list || []) {
+    const f = item.getAsFile ? (item.kind === "file" ? item.getAsFile() : null) : item;
+    if (f && f.type.startsWith("image/")) return f;
+  }
+  return null;
+}
+
 function init() {
   $("#error-close").addEventListener("click", clearError);
   $("#token").value = token();
@@ -449,19 +750,64 @@ function init() {
   $("#token-form").addEventListener("submit", (e) => e.preventDefault());
   window.addEventListener("hashchange", showTab);
 
-  const drop = $("#drop");
-  ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
-  ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, () => drop.classList.remove("over")));
-  drop.addEventListener("drop", (e) => {
+  // the one search box: words, or a photo chosen, dropped anywhere on the search tab, or pasted
+  const touch = touchDevice();
+  $("#pick-text").textContent = touch ? "Choose a photo" : "Photo…";
+  $("#q").placeholder = touch ? "Words, e.g. sky water boats" : "Words (sky water boats) — or drop or paste a photo";
+  const tab = $("#tab-search");
+  let depth = 0;
+  tab.addEventListener("dragenter", (e) => { e.preventDefault(); depth += 1; $("#drop-hint").hidden = false; });
+  tab.addEventListener("dragover", (e) => e.preventDefault());
+  tab.addEventListener("dragleave", () => { depth = Math.max(0, depth - 1); if (!depth) $("#drop-hint").hidden = true; });
+  tab.addEventListener("drop", (e) => {
     e.preventDefault();
-    const f = e.dataTransfer.files[0];
-    if (f) { setQueryFile(f); runSearch(); }
+    depth = 0;
+    $("#drop-hint").hidden = true;
+    const f = firstImage(e.dataTransfer.files);
+    if (f) { setQueryImage(f); runSearch(); } else showError(new Error("drop an image file (JPEG, PNG, …)"));
   });
-  $("#file").addEventListener("change", () => { previewQuery(); if ($("#file").files[0]) runSearch(); });
-  $("#search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
-  $("#scene-form").addEventListener("submit", runScene);
+  document.addEventListener("paste", (e) => {
+    if ($("#tab-search").hidden) return;
+    const f = firstImage(e.clipboardData && e.clipboardData.items);
+    if (f) { e.preventDefault(); setQueryImage(f); runSearch(); }
+  });
+  $("#file").addEventListener("change", () => {
+    const f = $("#file").files[0];
+    if (!f) return;
+    $("#q").value = "";
+    state.query = null;
+    showQueryChip(URL.createObjectURL(f), f.name, true);
+    runSearch();
+  });
+  $("#q").addEventListener("input", () => { if ($("#q").value.trim() && !$("#query-chip").hidden) clearQueryImage(); });
+  $("#query-clear").addEventListener("click", () => { clearQueryImage(); $("#q").focus(); });
+  $("#search-form").addEventListener("submit", submitSearch);
 
-  $("#index-form").addEventListener("submit", startIndex);
+  // the viewer
+  $("#viewer-close").addEventListener("click", closeViewer);
+  $("#viewer-prev").addEventListener("click", () => moveViewer(-1));
+  $("#viewer-next").addEventListener("click", () => moveViewer(1));
+  $("#viewer-similar").addEventListener("click", viewerSimilar);
+  $("#viewer-dups").addEventListener("click", viewerDuplicates);
+  $("#viewer-open").addEventListener("click", (ev) => {
+    if (!readAuth()) return;  // the link itself opens it
+    ev.preventDefault();
+    const w = window.open("", "_blank");
+    if (!w) { showError(new Error("allow pop-ups for this page to open full-size images")); return; }
+    blobUrl($("#viewer-open").href).then((u) => { w.location = u; }).catch((e) => { w.close(); showError(e); });
+  });
+  $("#viewer").addEventListener("keydown", (e) => {
+    if (e.key === "ArrowLeft") moveViewer(-1);
+    if (e.key === "ArrowRight") moveViewer(1);
+  });
+  $("#viewer").addEventListener("click", (e) => { if (e.target === $("#viewer")) closeViewer(); });
+
+  $("#dup-form").addEventListener("submit", (e) => findDuplicates(e));
+  $("#dup-csv").addEventListener("click", () => exportDuplicates("csv"));
+  $("#dup-json").addEventListener("click", () => exportDuplicates("json"));
+
+  $("#index-form").addEventListener("submit", (e) => { e.preventDefault(); startIndex($("#folder").value.trim()); });
+  $("#welcome-form").addEventListener("submit", (e) => { e.preventDefault(); startIndex($("#welcome-folder").value.trim()); });
   $("#job-cancel").addEventListener("click", cancelJob);
   $("#train-form").addEventListener("submit", startTraining);
   $("#clear-btn").addEventListener("click", () => maintenance("clear"));
@@ -476,7 +822,10 @@ function init() {
 }
 
 function start() {
-  loadHealth().then((ready) => { showTab(); if (ready) { loadRoots(); loadJobs(); } });
+  loadHealth().then((ready) => {
+    showTab();
+    if (ready) { loadRoots(); loadJobs(); if (state.health && state.health.training_available) loadModels(); }
+  });
 }
 
 document.addEventListener("DOMContentLoaded", init);
