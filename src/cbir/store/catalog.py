@@ -79,7 +79,8 @@ _MIGRATIONS: dict[int, str] = {
     """,
     # running counts (`cbir info` and every index sync read them instead of scanning 1M rows),
     # kept by triggers in the same transaction as the change: 'ok' and 'error' rows, and
-    # 'dup', the rows whose content (sha256) an earlier 'ok' row already has
+    # 'dup', the rows whose content (sha256) an earlier 'ok' row already has. `+status` keeps
+    # SQLite on the sha256 index: through images_status each insert scanned every ok row
     5: """
     CREATE TABLE stats (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT INTO stats VALUES
@@ -91,23 +92,23 @@ _MIGRATIONS: dict[int, str] = {
         UPDATE stats SET value = value + 1 WHERE key = NEW.status;
         UPDATE stats SET value = value + 1 WHERE key = 'dup' AND NEW.status = 'ok'
             AND NEW.sha256 IS NOT NULL AND EXISTS (SELECT 1 FROM images
-                WHERE sha256 = NEW.sha256 AND status = 'ok' AND id != NEW.id);
+                WHERE sha256 = NEW.sha256 AND +status = 'ok' AND id != NEW.id);
     END;
     CREATE TRIGGER images_stats_delete AFTER DELETE ON images BEGIN
         UPDATE stats SET value = value - 1 WHERE key = OLD.status;
         UPDATE stats SET value = value - 1 WHERE key = 'dup' AND OLD.status = 'ok'
             AND OLD.sha256 IS NOT NULL AND EXISTS (SELECT 1 FROM images
-                WHERE sha256 = OLD.sha256 AND status = 'ok');
+                WHERE sha256 = OLD.sha256 AND +status = 'ok');
     END;
     CREATE TRIGGER images_stats_update AFTER UPDATE OF status, sha256 ON images BEGIN
         UPDATE stats SET value = value - 1 WHERE key = OLD.status;
         UPDATE stats SET value = value - 1 WHERE key = 'dup' AND OLD.status = 'ok'
             AND OLD.sha256 IS NOT NULL AND EXISTS (SELECT 1 FROM images
-                WHERE sha256 = OLD.sha256 AND status = 'ok' AND id != OLD.id);
+                WHERE sha256 = OLD.sha256 AND +status = 'ok' AND id != OLD.id);
         UPDATE stats SET value = value + 1 WHERE key = NEW.status;
         UPDATE stats SET value = value + 1 WHERE key = 'dup' AND NEW.status = 'ok'
             AND NEW.sha256 IS NOT NULL AND EXISTS (SELECT 1 FROM images
-                WHERE sha256 = NEW.sha256 AND status = 'ok' AND id != NEW.id);
+                WHERE sha256 = NEW.sha256 AND +status = 'ok' AND id != NEW.id);
     END;
     """,
 }
