@@ -30,7 +30,7 @@ from cbir.search import Query as SearchQuery
 from cbir.search import match_baseline, match_score
 from cbir.service import training
 from cbir.service.errors import ApiError
-from cbir.service.routes import ERRORS, MAX_ID, MAX_K, MODEL_NAME, _reader, get_state
+from cbir.service.routes import ERRORS, MAX_ID, MAX_K, MODEL_NAME, _reader, get_state, read_upload
 from cbir.service.schemas import HitOut, Label
 from cbir.service.state import ReaderCollection, ServiceState
 
@@ -288,11 +288,7 @@ def model_search_upload(
 ) -> Response:
     """Upload an image; search re-ranked by a trained model (`cbir models search NAME IMAGE`)."""
     t0 = time.perf_counter()
-    limit = state.config.max_upload_bytes
-    data = file.file.read(limit + 1)
-    if len(data) > limit:
-        raise ApiError(413, "payload_too_large", f"the image is larger than {limit} bytes")
-    fname = os.path.basename(file.filename or "") or "upload"
+    data, fname = read_upload(state, file)
     _reader(state)
     ext = state.readers.extractor()
     image = load_image(data, target_size=ext.input_size, max_pixels=state.config.max_pixels, name=fname)

@@ -141,6 +141,15 @@ def _hit_out(h: Hit) -> HitOut:
         image_url=f"/api/images/{h.id}", thumbnail_url=f"/api/images/{h.id}/thumbnail")
 
 
+def read_upload(state: ServiceState, file: UploadFile) -> tuple[bytes, str]:
+    """An uploaded image's bytes (413 past the configured limit) and a safe display name."""
+    limit = state.config.max_upload_bytes
+    data = file.file.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "payload_too_large", f"the image is larger than {limit} bytes")
+    return data, os.path.basename(file.filename or "") or "upload"
+
+
 def _search(state: ServiceState, reader: ReaderCollection, query: SearchQuery, k: int,
             min_similarity: float, kind: str | None, rerank: str = "none", min_match: float = 0.0,
             filters: Any = None) -> tuple[list[Hit], str | None, int]:
@@ -190,11 +199,7 @@ def search_upload(
 ) -> Response:
     """Upload an image; get the K most similar images of the collection, best first."""
     t0 = time.perf_counter()
-    limit = state.config.max_upload_bytes
-    data = file.file.read(limit + 1)
-    if len(data) > limit:
-        raise ApiError(413, "payload_too_large", f"the image is larger than {limit} bytes")
-    name = os.path.basename(file.filename or "") or "upload"
+    data, name = read_upload(state, file)
     reader = state.readers.get()
     if reader is None:  # nothing to search, but still tell the user if the image is bad
         load_image(data, max_pixels=state.config.max_pixels, name=name)

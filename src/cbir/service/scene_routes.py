@@ -17,7 +17,7 @@ from cbir.errors import InvalidRequest
 from cbir.io.images import load_image
 from cbir.service.errors import ApiError
 from cbir.service.filter_params import search_filters
-from cbir.service.routes import ERRORS, MAX_K, MODEL_NAME, _reader, get_state
+from cbir.service.routes import ERRORS, MAX_K, MODEL_NAME, _reader, get_state, read_upload
 from cbir.service.state import ServiceState
 
 router = APIRouter()
@@ -138,11 +138,7 @@ def predict_route(
     """Predicted concepts with probabilities for an uploaded image (visual classifier)."""
     from cbir.scenes import predict_image_concepts
 
-    limit = state.config.max_upload_bytes
-    data = file.file.read(limit + 1)
-    if len(data) > limit:
-        raise ApiError(413, "payload_too_large", f"the image is larger than {limit} bytes")
-    name = os.path.basename(file.filename or "") or "upload"
+    data, name = read_upload(state, file)
     reader = _reader(state)
     m = _load(reader, model)
     image = load_image(data, target_size=reader.extractor.input_size, max_pixels=state.config.max_pixels,
