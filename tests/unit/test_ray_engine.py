@@ -33,7 +33,9 @@ N_GOOD = 12
 def ray_cluster() -> Iterator[None]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024 * 1024,
+    from cbir.extract.ray_engine import init_ray
+
+    init_ray(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024 * 1024,
              log_to_driver=False)
     try:
         yield
