@@ -16,3 +16,8 @@ def hang_holding_lock(*, collection: str, progress: Any, stop: Any) -> None:
     progress(0, 0, "locked")
     while True:
         time.sleep(0.1)
+
+
+def answer_at_once(*, value: int, progress: Any, stop: Any) -> int:
+    """Return straight away: the child sends its result and exits within milliseconds."""
+    return value

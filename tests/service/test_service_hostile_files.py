@@ -7,6 +7,7 @@ server must not leave its worker holding the collection's writer lock.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -84,6 +85,35 @@ def test_cancel_kills_a_job_stuck_mid_batch(tmp_path: Path) -> None:
     lock = WriterLock(tmp_path)
     assert lock.acquire(), "the killed worker's writer lock was released"
     lock.release()
+
+
+def test_a_result_sent_just_before_the_worker_exits_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child sends its result and exits between the parent's empty poll and its liveness check.
+
+    (Seen in CI: a rebuild job failed with "the job's worker process ended unexpectedly" although
+    the worker had finished.) The first poll waits for the child to have sent and exited, then
+    reports the pipe empty, which is the losing order; the result must still be read.
+    """
+    from multiprocessing.connection import Connection
+
+    from cbir.service.workers import run_in_child
+
+    real_poll = Connection.poll
+    calls = [0]
+
+    def late_poll(self: Connection, timeout: float = 0.0) -> bool:
+        calls[0] += 1
+        if calls[0] == 1:
+            assert real_poll(self, 60)  # the result is in the pipe now
+            deadline = time.monotonic() + 30
+            while multiprocessing.active_children() and time.monotonic() < deadline:
+                time.sleep(0.02)  # and the child has exited
+            return False
+        return real_poll(self, timeout)
+
+    monkeypatch.setattr(Connection, "poll", late_poll)
+    assert run_in_child("stuck_jobs:answer_at_once", {"value": 42}, stop=threading.Event(),
+                        on_progress=lambda *a: None, nice=0) == 42
 
 
 def test_killed_server_does_not_orphan_its_worker(tmp_path: Path) -> None:

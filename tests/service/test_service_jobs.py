@@ -133,7 +133,7 @@ def test_clear_and_rebuild(client, coll, roots):
     hits = client.post("/api/search", files={"file": (q.name, q.read_bytes())}, data={"k": "2"}).json()
     assert hits["index_type"] == "hnsw" and hits["hits"][0]["path"] == str(q)
     job = wait_job(client, client.post("/api/index/rebuild").json()["id"])
-    assert job["status"] == "succeeded"
+    assert job["status"] == "succeeded", job
 
 
 def test_searches_keep_working_while_indexing(client, roots):

@@ -166,6 +166,9 @@ def run_in_child(target: str, kwargs: dict[str, Any], *, stop: Any,
                     proc.kill()  # stuck mid-batch: commits are atomic, so this loses nothing kept
                     killed = True
                     break
+            # (is_alive is read before poll: a child that sent its result and exited between
+            # an empty poll and the liveness check would otherwise lose that result)
+            alive = proc.is_alive()
             if recv.poll(0.2):
                 try:
                     msg = json.loads(recv.recv_bytes())
@@ -175,7 +178,7 @@ def run_in_child(target: str, kwargs: dict[str, Any], *, stop: Any,
                     on_progress(msg[1], msg[2], msg[3])
                 else:
                     outcome = msg
-            elif not proc.is_alive():
+            elif not alive:
                 break
     finally:
         proc.join(cancel_grace if stop.is_set() else 60)
