@@ -1,11 +1,14 @@
 """One contract suite run over every registered binary (Hamming) index backend.
 
 Results are checked exactly against a brute-force ranking by (Hamming distance, id):
-every backend is exact, including multi-index hashing within a radius.
+every backend is exact, including multi-index hashing within a radius, and ``milvus`` (codes
+in a real Milvus server: the session fixture ``milvus_uri``; skipped with its reason when no
+server can start, a failure under CI=true).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,32 @@ from cbir.hashing import (
 from cbir.hashing.binary_index import BinaryFlatIndex
 
 BACKENDS = BINARY_INDEXES.names()
+#: backends whose cases need the session's Milvus server
+NEEDS_MILVUS = {"milvus"}
+
+
+@pytest.fixture(params=BACKENDS)
+def name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each registered backend; ``milvus`` starts (once) the session's server, and drops the
+    collections its test made."""
+    if request.param not in NEEDS_MILVUS:
+        yield request.param
+        return
+    uri = request.getfixturevalue("milvus_uri")
+    yield request.param
+    _drop_test_collections(uri)
+
+
+def _drop_test_collections(uri: str) -> None:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri)
+    try:
+        for coll in client.list_collections():
+            if coll.startswith("cbir_bin_"):
+                client.drop_collection(coll)
+    finally:
+        client.close()
 
 
 def random_codes(n: int, bits: int, seed: int = 0) -> np.ndarray:
@@ -84,7 +113,6 @@ def filled(name: str, bits: int, n: int, seed: int = 0, codes: np.ndarray | None
 # --------------------------------------------------------------------------- basics
 
 
-@pytest.mark.parametrize("name", BACKENDS)
 def test_empty_index(name):
     index = create_binary_index(name, 64)
     assert len(index) == 0 and index.ids().dtype == np.int64 and index.ids().size == 0
@@ -98,7 +126,6 @@ def test_empty_index(name):
     assert d.shape == i.shape == (0, 5)
 
 
-@pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("bits", [8, 20, 64, 100, 128])
 def test_knn_equals_brute_force(name, bits):
     index, ids, codes = filled(name, bits, 1500, seed=bits)
@@ -113,7 +140,6 @@ def test_knn_equals_brute_force(name, bits):
     assert (index.search(codes[:3], 1)[0][:, 0] == 0).all()
 
 
-@pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("bits", [16, 64, 100])
 def test_radius_equals_brute_force(name, bits):
     codes = clustered_codes(2000, bits, seed=bits)
@@ -123,7 +149,6 @@ def test_radius_equals_brute_force(name, bits):
         assert_same_radius(index.search_radius(q, r), brute_radius(q, codes, ids, r))
 
 
-@pytest.mark.parametrize("name", BACKENDS)
 def test_k_larger_than_n_pads(name):
     index, ids, codes = filled(name, 32, 7)
     d, i = index.search(codes[:2], 10)
@@ -133,7 +158,6 @@ def test_k_larger_than_n_pads(name):
     assert np.all(np.diff(d, axis=1) >= 0)
 
 
-@pytest.mark.parametrize("name", BACKENDS)
 def test_remove_and_readd(name):
     bits = 64
     index, ids, codes = filled(name, bits, 300)
@@ -161,7 +185,6 @@ def test_remove_and_readd(name):
     np.testing.assert_array_equal(index.ids(), np.sort(ids[keep]))
 
 
-@pytest.mark.parametrize("name", BACKENDS)
 def test_save_load_round_trip(name, tmp_path: Path):
     bits = 64
     index, ids, codes = filled(name, bits, 500)
@@ -199,7 +222,6 @@ def test_load_refuses_other_backend_and_files(tmp_path: Path):
 # --------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("name", BACKENDS)
 def test_bad_input_raises_invalid_request(name):
     index = create_binary_index(name, 64)
     good = random_codes(3, 64)
@@ -235,13 +257,12 @@ def test_bad_input_raises_invalid_request(name):
         create_binary_index("nope", 64)
 
 
-def test_padding_bits_are_ignored():
+def test_padding_bits_are_ignored(name):
     # 12-bit codes: the low 4 bits of byte 1 are padding and must never count.
-    for name in BACKENDS:
-        index = create_binary_index(name, 12)
-        index.add(np.array([5]), np.array([[0xAB, 0xC0]], np.uint8))
-        d, i = index.search(np.array([[0xAB, 0xCF]], np.uint8), 1)
-        assert i[0, 0] == 5 and d[0, 0] == 0
+    index = create_binary_index(name, 12)
+    index.add(np.array([5]), np.array([[0xAB, 0xC0]], np.uint8))
+    d, i = index.search(np.array([[0xAB, 0xCF]], np.uint8), 1)
+    assert i[0, 0] == 5 and d[0, 0] == 0
 
 
 # --------------------------------------------------------------------------- multi-index
@@ -276,3 +297,52 @@ def test_multi_index_params():
 
 def test_binary_flat_has_no_knobs():
     assert BinaryFlatIndex(64).params == {}
+
+
+# --------------------------------------------------------------------------- milvus
+
+
+@pytest.fixture
+def milvus_only(milvus_uri: str) -> Iterator[str]:
+    yield milvus_uri
+    _drop_test_collections(milvus_uri)
+
+
+def test_milvus_ties_straddling_k_and_past_its_topk_limit(milvus_only, monkeypatch):
+    """Tie groups far wider than k (Milvus returns ties in any order) and searches that need
+    more than Milvus's topk limit (lowered here to 64) still give the brute-force order."""
+    from cbir.hashing import milvus_binary
+
+    bits = 16
+    codes = np.repeat(random_codes(4, bits, seed=7), 100, axis=0)  # 4 codes, 100 copies each
+    index, ids, codes = filled("milvus", bits, 400, codes=codes, index_type="BIN_IVF_FLAT", nlist=4)
+    q = np.concatenate([codes[:1], codes[150:151], random_codes(2, bits, seed=8)])
+    for k in (1, 5, 40, 150):
+        d, i = index.search(q, k)
+        wd, wi = brute_knn(q, codes, ids, k)
+        np.testing.assert_array_equal(d, wd)
+        np.testing.assert_array_equal(i, wi)
+    monkeypatch.setattr(milvus_binary, "MAX_TOPK", 64)
+    d, i = index.search(q, 150)
+    wd, wi = brute_knn(q, codes, ids, 150)
+    np.testing.assert_array_equal(d, wd)
+    np.testing.assert_array_equal(i, wi)
+    for r in (0, 3, bits):
+        assert_same_radius(index.search_radius(q, r), brute_radius(q, codes, ids, r))
+
+
+def test_milvus_file_names_server_not_token_and_load_checks_it(milvus_only, tmp_path, monkeypatch):
+    monkeypatch.setenv("CBIR_MILVUS_TOKEN", "root:Milvus")  # (auth is off on the test server)
+    index, ids, _ = filled("milvus", 64, 50)
+    path = tmp_path / "codes.idx"
+    index.save(path)
+    raw = path.read_bytes()
+    assert index.collection.encode() in raw and b"Milvus" not in raw.replace(b"milvus", b"")
+    assert len(raw) < 4096 + 8 * 50  # header + ids: no codes
+    # another process changed the collection: load re-reads the ids from the server
+    index.remove(ids[:10])
+    loaded = load_binary_index(path)
+    np.testing.assert_array_equal(loaded.ids(), np.sort(ids[10:]))
+    index.drop()
+    with pytest.raises(IndexMismatch, match="no longer exists"):
+        load_binary_index(path)

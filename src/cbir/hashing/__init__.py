@@ -2,7 +2,8 @@
 
 Importing this package registers every hasher (``lsh``, ``pcah``, ``itq``, ``sh``; the
 trained ``wdht``, ``ws-dsh``, ``ws-hashnet``, ``idea``, ``idea-l``, ``idea-a``) and every
-binary index backend (``binary-flat``, ``multi-index``).
+binary index backend (``binary-flat``, ``multi-index``, ``milvus``: a Milvus server,
+pymilvus imported only when one is used).
 
 It does not import torch: :mod:`cbir.hashing.weak` and :mod:`cbir.hashing.idea` are
 torch-free at import time (their classes register here like the others) and import torch
@@ -12,7 +13,13 @@ inside ``fit`` / ``encode`` / ``load``, through :mod:`cbir.hashing.training` and
 
 from __future__ import annotations
 
-from cbir.hashing import binary_index, idea, unsupervised, weak  # noqa: F401  (registers the components)
+from cbir.hashing import (  # noqa: F401  (registers the components)
+    binary_index,
+    idea,
+    milvus_binary,
+    unsupervised,
+    weak,
+)
 from cbir.hashing.base import (
     FORMAT_VERSION,
     HASHERS,
