@@ -30,7 +30,7 @@ from cbir.extract import DEFAULT_EXTRACTOR, FeatureExtractor, create_extractor
 from cbir.extract.base import canonical_extractor_name
 from cbir.index import VectorIndex, choose_index, create_index, load_index
 from cbir.paths import default_collection_dir  # noqa: F401  (re-exported: cbir.collection.default_collection_dir)
-from cbir.store import Catalog, Manifest, WriterLock, read_manifest, write_manifest
+from cbir.store import Catalog, Manifest, WriterLock, matchscale, read_manifest, write_manifest
 from cbir.store.catalog import CATALOG_NAME
 from cbir.store.manifest import MANIFEST_NAME, write_json_atomic
 
@@ -358,6 +358,8 @@ class Collection:
             write_json_atomic(self.index_dir / "state.json",
                               {"kind": kind, "generation": generation,
                                "requested": self.requested_index()})
+            if int(self.catalog.generation()) == generation:
+                matchscale.store(self.catalog)  # what a cold search would measure (docs/storage.md)
             for other in self.index_dir.glob("*.faiss"):
                 if other.name != f"{kind}.faiss":
                     other.unlink(missing_ok=True)

@@ -12,7 +12,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,6 +22,7 @@ from cbir.extract.base import l2_normalize
 from cbir.extract.pipeline import embed_images
 from cbir.index.base import check_k
 from cbir.io.images import from_pil, load_image
+from cbir.store import matchscale
 from cbir.store.photometa import Filters
 
 
@@ -61,8 +61,6 @@ def distance_from_cosine(cos: float) -> float:
     return math.sqrt(max(0.0, 2.0 - 2.0 * cos))
 
 
-#: random stored features the match scale's zero is estimated from
-MATCH_SAMPLE = 600
 _BASELINES: dict[str, tuple[int, float]] = {}
 
 
@@ -71,9 +69,9 @@ def match_baseline(collection: Collection) -> float:
 
     The paper's 1/(1+d) reads 55-61 % for near-identical photos and ~40 % for unrelated
     ones, and a raw cosine of this backbone's (non-negative) features reads ~45 % for two
-    unrelated photos. The zero is instead measured on the collection: up to MATCH_SAMPLE
-    stored features picked by a generator seeded with the catalog's generation (the same
-    answer until the collection changes), kept per generation in this process.
+    unrelated photos. The zero is instead measured on the collection (cbir.store.matchscale:
+    a sample seeded with the catalog's generation), stored by the writer that last synced
+    the index, else measured here; kept per generation in this process.
     """
     cat = collection.catalog
     gen = int(cat.generation())
@@ -81,38 +79,11 @@ def match_baseline(collection: Collection) -> float:
     hit = _BASELINES.get(key)
     if hit is not None and hit[0] == gen:
         return hit[1]
-    top = cat.db.execute("SELECT max(id) FROM images").fetchone()[0] or 0
-    base = 0.0
-    if top:
-        rng = np.random.default_rng(gen)
-        want = (np.arange(1, top + 1) if top <= MATCH_SAMPLE  # a small collection: every image
-                # sorted(set()): what np.unique gives, without importing numpy.ma (slow, cold)
-                else np.array(sorted(set(rng.integers(1, top + 1, size=4 * MATCH_SAMPLE).tolist())),
-                              dtype=np.int64))
-        feats = _sample_features(cat, want[: 4 * MATCH_SAMPLE].tolist())[:MATCH_SAMPLE]
-        if len(feats) >= 2:
-            x = l2_normalize(feats)
-            sims = (x @ x.T)[np.triu_indices(len(x), 1)]
-            # np.median's value, without the numpy.ma import np.median makes (~60 ms cold)
-            lo, hi = (sims.size - 1) // 2, sims.size // 2
-            part = np.partition(sims, [lo, hi])
-            base = float(np.clip(np.mean(part[[lo, hi]]), 0.0, 0.99))
+    base = matchscale.stored(cat, gen)
+    if base is None:
+        base = matchscale.compute(cat)
     _BASELINES[key] = (gen, base)
     return base
-
-
-def _sample_features(cat: Any, ids: list[int]) -> np.ndarray:
-    """float32 features of these ok ids, read directly: a damaged row is simply not sampled (the
-    search that asked already names it once; the match scale must not say it again)."""
-    rows = []
-    for lo in range(0, len(ids), 500):
-        chunk = ids[lo:lo + 500]
-        rows += cat.db.execute(
-            f"SELECT feature FROM images WHERE status='ok' AND id IN ({','.join('?' * len(chunk))})",
-            chunk).fetchall()
-    want = 2 * cat.dim
-    vecs = [np.frombuffer(b, dtype="<f2") for (b,) in rows if b is not None and len(b) == want]
-    return np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, cat.dim), np.float32)
 
 
 def match_score(cos: float, baseline: float) -> float:

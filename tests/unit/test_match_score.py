@@ -42,6 +42,26 @@ def test_baseline_is_the_median_cosine_of_the_collections_pairs(col):
     assert match_baseline(col) == match_baseline(col)  # cached per catalog generation
 
 
+def test_the_writer_stores_the_baseline_and_a_search_reads_it(col, monkeypatch):
+    """Indexing keeps the zero next to its generation, so a cold search does not re-measure it;
+    a stored value of another generation is ignored."""
+    from cbir import search as search_mod
+    from cbir.store import matchscale
+
+    cat = col.catalog
+    gen = int(cat.generation())
+    want = matchscale.compute(cat)
+    assert matchscale.stored(cat, gen) == pytest.approx(want)  # written by index_paths' index sync
+    assert matchscale.stored(cat, gen + 1) is None
+    search_mod._BASELINES.clear()
+    monkeypatch.setattr(matchscale, "compute", lambda c: pytest.fail("measured again"))
+    assert match_baseline(col) == pytest.approx(want)
+    cat.set_meta(matchscale.META_KEY, '{"generation": %d, "baseline": 0.5}' % (gen - 1))
+    search_mod._BASELINES.clear()
+    monkeypatch.undo()
+    assert match_baseline(col) == pytest.approx(want)  # stale: measured, not trusted
+
+
 def test_hits_carry_a_match_and_min_match_filters(col, capsys):
     first = sorted(r.path for r in col.catalog.iter_records("ok") if not r.path.endswith("copy.png"))[0]
     q = query_from_members(col, [first])
