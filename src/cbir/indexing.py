@@ -286,8 +286,10 @@ def index_paths(
                     run_hashes.add(res.sha256)
                     rec.feature = res.features
                     if res.probs is not None:
-                        rec.labels = top_labels(res.probs[None, :], extractor.class_names, 5)[0]
-                        rec.top_class = int(np.argmax(res.probs))
+                        rec.labels = res.labels if res.labels is not None else \
+                            top_labels(res.probs[None, :], extractor.class_names, 5)[0]
+                        rec.top_class = res.top_class if res.top_class is not None else \
+                            int(np.argmax(res.probs))
                         rec.class_probs = res.probs
                     rec.regions = res.regions if regions else None
                 if rec.status == "ok":

@@ -64,7 +64,12 @@ def top_labels(probs: np.ndarray, class_names: list[str], k: int = 5) -> list[li
     if probs is None or len(class_names) == 0:
         return [[] for _ in range(0 if probs is None else len(probs))]
     k = min(k, probs.shape[1])
-    idx = np.argsort(-probs, axis=1)[:, :k]
+    if k < probs.shape[1]:  # partial selection, then order the k: ~10x cheaper than a full sort
+        idx = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+        idx = np.take_along_axis(idx, np.argsort(-np.take_along_axis(probs, idx, axis=1), axis=1,
+                                                 kind="stable"), axis=1)
+    else:
+        idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [[(class_names[j], round(float(p[j]), 6)) for j in row] for p, row in zip(probs, idx, strict=True)]
 
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -31,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from cbir.errors import CbirError, InvalidImage
-from cbir.extract.base import Embedding, FeatureExtractor
+from cbir.extract.base import Embedding, FeatureExtractor, top_labels
 from cbir.io.images import MAX_FILE_BYTES, image_size, load_image, os_error_reason
 from cbir.io.saferead import read_file
 
@@ -54,6 +55,9 @@ class ItemResult(Generic[K]):
         orientation applied, read from the header); 0 when unknown (unreadable or bad header).
     features: (dim,) float32 L2-normalised; probs: (n_classes,) float32 or None;
     regions: (h*w, c) float32 when requested. All None on error or skip.
+    labels: the 5 most probable (class name, probability), best first, and top_class the
+        most probable class index, computed per batch in the inference thread (None when
+        the extractor has no classifier).
     error: a one-line reason when the file could not be read or decoded.
     skipped: True when ``read_hook`` returned False (features are to be reused).
     extra: what ``inspect`` returned for the file's bytes (None without inspect).
@@ -68,6 +72,8 @@ class ItemResult(Generic[K]):
     features: np.ndarray | None = None
     probs: np.ndarray | None = None
     regions: np.ndarray | None = None
+    labels: list[tuple[str, float]] | None = None
+    top_class: int | None = None
     error: str | None = None
     skipped: bool = False
     extra: object = None
@@ -76,6 +82,10 @@ class ItemResult(Generic[K]):
     def ok(self) -> bool:
         """True when features were computed."""
         return self.features is not None
+
+
+#: top labels kept per image (the catalog's ``labels`` column)
+LABELS_K = 5
 
 
 def default_decode_workers() -> int:
@@ -145,10 +155,15 @@ def _infer(ready: list[tuple[ItemResult[K], np.ndarray]], extractor: FeatureExtr
            regions: bool) -> list[ItemResult[K]]:
     """Stack preprocessed arrays, embed them in one call and fill the results in."""
     emb = extractor.embed(np.stack([a for _, a in ready]), regions=regions)
+    names = getattr(extractor, "class_names", None)
+    labels = top_labels(emb.probs, names, LABELS_K) if emb.probs is not None and names else None
+    top = np.argmax(emb.probs, axis=1) if emb.probs is not None else None
     out = []
     for i, (res, _) in enumerate(ready):
         res.features = emb.features[i]
         res.probs = None if emb.probs is None else emb.probs[i]
+        res.labels = None if labels is None else labels[i]
+        res.top_class = None if top is None else int(top[i])
         res.regions = None if emb.regions is None else emb.regions[i]
         out.append(res)
     return out
@@ -184,8 +199,19 @@ def embed_files(items: Iterable[tuple[K, Path]], extractor: FeatureExtractor, *,
     decoding: set[Future[tuple[ItemResult[K], np.ndarray | None]]] = set()
     inferring: dict[Future[list[ItemResult[K]]], int] = {}  # future -> number of items
     ready: list[tuple[ItemResult[K], np.ndarray]] = []
+    # finished futures arrive here (add_done_callback): cheaper than concurrent.futures.wait,
+    # which installs a waiter on every one of the ~100 futures in flight at each call
+    finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
     decode_pool = ThreadPoolExecutor(workers, thread_name_prefix="cbir-decode")
     infer_pool = ThreadPoolExecutor(infer_workers, thread_name_prefix="cbir-infer")
+
+    def start_batch() -> None:
+        nonlocal ready
+        take, ready = ready[:batch_size], ready[batch_size:]
+        fut = infer_pool.submit(_infer, take, extractor, regions)
+        inferring[fut] = len(take)
+        fut.add_done_callback(finished.put)
+
     try:
         while True:
             in_flight = len(decoding) + len(ready) + sum(inferring.values())
@@ -195,19 +221,24 @@ def embed_files(items: Iterable[tuple[K, Path]], extractor: FeatureExtractor, *,
                 except StopIteration:
                     exhausted = True
                     break
-                decoding.add(decode_pool.submit(_decode, key, Path(path), extractor, read_hook,
-                                                reader or default_reader, inspect))
+                fut = decode_pool.submit(_decode, key, Path(path), extractor, read_hook,
+                                         reader or default_reader, inspect)
+                decoding.add(fut)
+                fut.add_done_callback(finished.put)
                 in_flight += 1
             while len(inferring) < infer_workers and (
                     len(ready) >= batch_size or (ready and exhausted and not decoding)):
-                take, ready = ready[:batch_size], ready[batch_size:]
-                inferring[infer_pool.submit(_infer, take, extractor, regions)] = len(take)
+                start_batch()
             if not decoding and not inferring:
                 if not ready:
                     break
-                take, ready = ready[:batch_size], ready[batch_size:]  # defensive; unreachable
-                inferring[infer_pool.submit(_infer, take, extractor, regions)] = len(take)
-            done, _ = wait([*decoding, *inferring], return_when=FIRST_COMPLETED)
+                start_batch()  # defensive; unreachable
+            done = [finished.get()]
+            while True:
+                try:
+                    done.append(finished.get_nowait())
+                except queue.Empty:
+                    break
             for fut in done:
                 if fut in inferring:
                     del inferring[fut]
