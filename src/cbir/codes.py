@@ -5,6 +5,8 @@
 catalog table ``hashers``                      per name: the current generation, bits, file sha256
 catalog table ``codes``                        one packed uint8 code per (hasher, image), with the
                                                generation of the hasher that made it
+<collection>/hashers/<name>/g<N>.milvus        on a Milvus collection (``--index-type milvus``):
+                                               the codes' Milvus binary index (URI, collection, ids)
 ```
 
 Re-training writes the new hasher under a new generation's file name (nobody reads it yet),
@@ -16,6 +18,15 @@ saved by older versions (``hashers/<name>.safetensors``, codes of generation 0) 
 
 Codes of images indexed after training are computed on the next search (from the
 stored features, so no image is decoded again); codes of removed images go with them.
+When the collection's vector index is Milvus (``cbir index --index-type milvus``), the codes
+also go to a Milvus BINARY_VECTOR field searched with the HAMMING metric (the binary index
+backend ``milvus``, :mod:`cbir.hashing.milvus_binary`): built by ``cbir hash train``, kept in
+step with the catalog by id set difference before each search (under the writer lock; when
+another writer holds it, or the collection is read-only, that one search runs in memory with
+``binary-flat`` instead: the same exact results), dropped with the generation or the hasher.
+Otherwise the Hamming search runs in memory (``binary-flat``), as before. Either way the hits
+are re-scored with the stored float features the same way.
+
 Weak supervision comes from the images' user tags, or, for images without any, from
 the backbone's own ImageNet labels ("machine tags"), as the hashing issue asks.
 """
@@ -378,6 +389,12 @@ def train(col: Collection, method: str, bits: int, *, name: str | None = None,
             raise
         for stale in _stale_files(col, name, keep=path):  # the old generation, killed runs' files
             stale.unlink(missing_ok=True)
+        if uses_milvus(col):
+            try:
+                _milvus_codes(col, name, generation, hasher.bits, ids, codes, locked=True)
+            except Exception as e:  # noqa: BLE001 — the codes are committed; the next search retries
+                _warn(f"{name}: codes stored, but not put into Milvus ({type(e).__name__}: {e}); "
+                      "the next `cbir search --codes` does it")
     stats = code_stats(codes, hasher.bits)
     if stats.warning:
         _warn(f"{name}: {stats.warning}")
@@ -424,6 +441,8 @@ def delete(col: Collection, name: str) -> int:
     if current(col, name) is None and not col.catalog.codes_summary(name):
         raise InvalidRequest(f"no codes named {name!r}")
     n = col.catalog.drop_codes(name)
+    for stub in sorted((hashers_dir(col) / name).glob(f"g*{MILVUS_SUFFIX}")):
+        _drop_milvus_stub(stub)
     hasher_path(col, name).unlink(missing_ok=True)
     shutil.rmtree(hashers_dir(col) / name, ignore_errors=True)
     return n
@@ -471,8 +490,11 @@ def hamming_search(col: Collection, name: str, query: Query, *, k: int = 10, rer
         return []
     q = query.vector[None, :].astype(np.float32)
     qcode = hasher.encode(q, regions=query_regions) if method in REGION_METHODS else hasher.encode(q)
-    index = create_binary_index("binary-flat", hasher.bits)
-    index.add(ids, codes)
+    index = _milvus_codes(col, name, cur.generation, hasher.bits, ids, codes) if uses_milvus(col) \
+        else None
+    if index is None:
+        index = create_binary_index("binary-flat", hasher.bits)
+        index.add(ids, codes)
     want = min(max(k, rerank) + len(query.exclude), len(ids))  # never more than there are
     dist, got = index.search(qcode, want)
     pairs = [(int(d), int(i)) for d, i in zip(dist[0], got[0], strict=True)
@@ -485,3 +507,141 @@ def hamming_search(col: Collection, name: str, query: Query, *, k: int = 10, rer
     return build_hits(col, [(i, cos[i], ham) for ham, i in pairs if i in cos], k=k,
                       min_similarity=min_similarity)
 
+
+
+# ----------------------------------------------------------------------------- Milvus
+
+MILVUS_SUFFIX = ".milvus"
+#: per process: the last loaded Milvus binary index per stub file, with the file's (mtime, size)
+_MILVUS_CACHE: dict[Path, tuple[tuple[int, int], Any]] = {}
+
+
+def uses_milvus(col: Collection) -> bool:
+    """Whether the collection's vector index is Milvus (then its hash codes go there too)."""
+    return col.requested_index() == "milvus"
+
+
+def milvus_stub_path(col: Collection, name: str, generation: int) -> Path:
+    """The Milvus binary index file (URI, collection name, ids) of generation ``generation``."""
+    return generation_path(col, name, generation).with_suffix(MILVUS_SUFFIX)
+
+
+def _milvus_collection_name(col: Collection, name: str, generation: int) -> str:
+    """``<the collection's Milvus name>_bin_<hash of the hasher name>_g<N>``: fixed, so a run
+    killed before its stub was written leaves nothing that the next one does not replace."""
+    tag = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{col._milvus_collection()}_bin_{tag}_g{int(generation)}"
+
+
+def _load_milvus_stub(path: Path, uri: str | None, bits: int) -> Any:
+    """The Milvus binary index of a stub file (cached per process), or None when the file is
+    missing, names another server or bit width, or its Milvus collection is gone."""
+    from cbir.hashing import load_binary_index
+    from cbir.index.base import read_index_header
+
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (st.st_mtime_ns, st.st_size)
+    hit = _MILVUS_CACHE.get(path)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    try:
+        header = read_index_header(path)
+        if header.get("backend") != "milvus" or header.get("bits") != bits or \
+                header.get("params", {}).get("uri") != uri:
+            return None  # (another server now, e.g. a new --milvus-uri: filled anew there)
+        index = load_binary_index(path)
+    except (IndexMismatch, InvalidRequest):
+        return None
+    _MILVUS_CACHE[path] = (key, index)
+    return index
+
+
+def _milvus_codes(col: Collection, name: str, generation: int, bits: int, ids: np.ndarray,
+                  codes: np.ndarray, *, locked: bool = False) -> Any:
+    """The Milvus binary index of generation ``generation`` of ``name``, holding exactly
+    (ids, codes) (sorted ids, the catalog's codes of that generation).
+
+    In step already: returned as it is. Else it is synced (by id set difference; built anew
+    when its stub is missing or stale) under the writer lock -- ``locked``: the caller holds
+    it -- and its stub saved. Returns None, for an in-memory search, when the lock is busy or
+    the collection is read-only.
+    """
+    from cbir.hashing import create_binary_index
+    from cbir.store import WriterLock
+
+    if ids.size > 1 and np.any(np.diff(ids) <= 0):
+        order = np.argsort(ids, kind="stable")
+        ids, codes = ids[order], codes[order]
+    path = milvus_stub_path(col, name, generation)
+    uri = col.milvus_uri()
+    index = _load_milvus_stub(path, uri, bits)
+    if index is not None and np.array_equal(index.ids(), ids):
+        return index
+    if col.readonly:
+        return None
+    lock = WriterLock(col.directory)
+    if not locked and not lock.acquire():
+        return None  # another writer is busy: this search runs in memory
+    try:
+        index = _load_milvus_stub(path, uri, bits)  # (another process may have synced it meanwhile)
+        if index is None:
+            index = create_binary_index("milvus", bits, uri=uri,
+                                        collection=_milvus_collection_name(col, name, generation))
+        have = index.ids()
+        stale = np.setdiff1d(have, ids, assume_unique=True)
+        if stale.size:
+            index.remove(stale)
+        new = ~np.isin(ids, have, assume_unique=True)
+        for start in range(0, int(new.sum()), 100_000):
+            rows = np.flatnonzero(new)[start:start + 100_000]
+            index.add(ids[rows], codes[rows])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        index.save(path)
+        st = path.stat()
+        _MILVUS_CACHE[path] = ((st.st_mtime_ns, st.st_size), index)
+        for other in path.parent.glob(f"g*{MILVUS_SUFFIX}"):  # earlier generations' collections
+            if other != path:
+                _drop_milvus_stub(other)
+        return index
+    finally:
+        if not locked:
+            lock.release()
+
+
+def _drop_milvus_stub(path: Path) -> None:
+    """Drop the Milvus collection a stub names (if cbir made it), then the stub; a server that
+    cannot be reached keeps the stub, so a later training or delete tries again."""
+    from cbir.index.base import read_index_header
+    from cbir.index.milvus import MARK, connect
+
+    _MILVUS_CACHE.pop(path, None)
+    try:
+        params = read_index_header(path).get("params", {})
+        client = connect(params["uri"])
+    except Exception:  # noqa: BLE001 — unreadable stub: nothing to drop; unreachable: keep it
+        if not path.is_file() or _unreadable(path):
+            path.unlink(missing_ok=True)
+        return
+    try:
+        coll = params.get("collection", "")
+        if client.has_collection(coll) and \
+                str(client.describe_collection(coll).get("description", "")).startswith(MARK):
+            client.drop_collection(coll)
+        path.unlink(missing_ok=True)
+    except Exception:  # noqa: BLE001 — keep the stub for a later attempt
+        pass
+    finally:
+        client.close()
+
+
+def _unreadable(path: Path) -> bool:
+    from cbir.index.base import read_index_header
+
+    try:
+        read_index_header(path)
+    except Exception:  # noqa: BLE001
+        return True
+    return False

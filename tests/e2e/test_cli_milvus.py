@@ -7,6 +7,7 @@ The session's Milvus server comes from the ``milvus_uri`` fixture (tests/conftes
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,54 @@ def test_index_search_remove_serve_with_milvus(tmp_path, capsys, milvus_uri, mon
         body = r.json()
         assert body["index_type"] == "milvus"
         assert body["hits"][0]["id"] == first and len(body["hits"]) == 3
+
+
+def test_hash_codes_on_milvus_equal_faiss(tmp_path, capsys, milvus_uri) -> None:
+    """`cbir hash train` on a Milvus collection puts the codes in a Milvus BINARY_VECTOR field;
+    `search --codes` (with and without --rerank) returns what an identical FAISS collection does."""
+    from pymilvus import MilvusClient
+
+    from badfiles import make_good_images
+    from cbir.index.base import read_index_header as header_of
+
+    photos = tmp_path / "photos"
+    make_good_images(photos, 40)
+    faiss_c, milvus_c = str(tmp_path / "faiss"), str(tmp_path / "milvus")
+    assert run(capsys, "-c", faiss_c, "index", str(photos), "--extractor", "colorhist", "-q")[0] == 0
+    # identical catalogs (the same row ids, so ties by id agree); then one moves to Milvus
+    shutil.copytree(faiss_c, milvus_c)
+    assert run(capsys, "-c", milvus_c, "index", str(photos), "--index-type", "milvus",
+               "--milvus-uri", milvus_uri, "-q")[0] == 0
+    for c in (faiss_c, milvus_c):
+        code, _, err = run(capsys, "-c", c, "hash", "train", "--method", "itq", "--bits", "64",
+                           "--name", "h")
+        assert code == 0, err
+    stubs = list((Path(milvus_c) / "hashers" / "h").glob("*.milvus"))
+    assert len(stubs) == 1
+    assert not list((Path(faiss_c) / "hashers" / "h").glob("*.milvus"))
+    params = header_of(stubs[0])["params"]
+    client = MilvusClient(uri=milvus_uri)
+    assert client.has_collection(params["collection"])
+
+    def hits(c: str, q: Path, *extra: str) -> list[tuple[str, int]]:
+        code, out, err = run(capsys, "-c", c, "search", "--like", str(q), "--include-self",
+                             "--codes", "h", "-k", "12", "--json", *extra)
+        assert code == 0, err
+        return [(Path(h["path"]).name, h["hamming"]) for h in json.loads(out)["hits"]]
+
+    queries = sorted(photos.iterdir())[:3]
+    for q in queries:
+        for extra in ((), ("--rerank", "20")):
+            assert hits(milvus_c, q, *extra) == hits(faiss_c, q, *extra)
+    # removed images leave the Milvus copy at the next search (Strong: never returned again)
+    victim = queries[1]
+    for c in (faiss_c, milvus_c):
+        assert run(capsys, "-c", c, "remove", str(victim), "-q")[0] == 0
+    got = hits(milvus_c, queries[0])
+    assert victim.name not in [n for n, _ in got] and got == hits(faiss_c, queries[0])
+    assert client.query(params["collection"], filter="", output_fields=["count(*)"],
+                        consistency_level="Strong")[0]["count(*)"] == 39
+    # deleting the codes drops their Milvus collection
+    assert run(capsys, "-c", milvus_c, "hash", "delete", "h")[0] == 0
+    assert not client.has_collection(params["collection"])
+    client.close()
