@@ -19,6 +19,7 @@ cores, one batch at a time) is the best for the latency of a single query.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -33,7 +34,15 @@ from PIL import Image
 
 from cbir.errors import CbirError, InvalidImage
 from cbir.extract.base import Embedding, FeatureExtractor, top_labels
-from cbir.io.images import MAX_FILE_BYTES, image_size, load_image, os_error_reason
+from cbir.io.images import (
+    MAX_FILE_BYTES,
+    decode_opened,
+    displayed_size,
+    image_size,
+    load_image,
+    opened,
+    os_error_reason,
+)
 from cbir.io.saferead import read_file
 
 K = TypeVar("K")
@@ -42,9 +51,11 @@ K = TypeVar("K")
 ReadHook = Callable[[K, str], bool]
 #: reader(key, path) -> the file's bytes; raises InvalidImage with the reason it cannot.
 Reader = Callable[[K, Path], bytes]
-#: inspect(key, path, data) -> anything the caller wants from the bytes (e.g. embedded tags),
-#: kept in ItemResult.extra; it runs in the decode thread and must not raise.
-Inspect = Callable[[K, Path, bytes], object]
+#: inspect(key, path, data, image) -> anything the caller wants from the bytes (e.g. embedded
+#: tags, EXIF), kept in ItemResult.extra; ``image`` is the file opened lazily by Pillow (header
+#: parsed, pixels not decoded yet; None for a camera RAW or a header Pillow cannot read), the
+#: same object that is decoded next. It runs in the decode thread and must not raise.
+Inspect = Callable[[K, Path, bytes, "Image.Image | None"], object]
 
 @dataclass
 class ItemResult(Generic[K]):
@@ -100,14 +111,6 @@ def default_infer_workers(extractor: FeatureExtractor) -> int:
     return max(1, cores // max(1, threads))
 
 
-def _display_size(data: bytes, name: str) -> tuple[int, int]:
-    """(width, height) as displayed, from the header only; (0, 0) if the header is bad."""
-    try:
-        return image_size(data, oriented=True, name=name)
-    except InvalidImage:  # load_image reports the reason
-        return 0, 0
-
-
 def default_reader(_key: object, path: Path) -> bytes:
     """Read a file given by the caller (links followed; FIFOs, devices, > 512 MB refused)."""
     return read_file(path, max_bytes=MAX_FILE_BYTES, follow_symlinks=True)
@@ -116,7 +119,11 @@ def default_reader(_key: object, path: Path) -> bytes:
 def _decode(key: K, path: Path, extractor: FeatureExtractor, read_hook: ReadHook | None,
             reader: Reader = default_reader, inspect: Inspect | None = None,
             ) -> tuple[ItemResult[K], np.ndarray | None]:
-    """Worker: read, hash, maybe skip, decode, preprocess. Never raises for a bad file."""
+    """Worker: read, hash, maybe skip, decode, preprocess. Never raises for a bad file.
+
+    Pillow opens the bytes once: the displayed size, ``inspect`` (EXIF, embedded tags) and
+    the decode all use that one lazily opened image.
+    """
     res: ItemResult[K] = ItemResult(key, path)
     try:
         data = reader(key, path)
@@ -128,26 +135,41 @@ def _decode(key: K, path: Path, extractor: FeatureExtractor, read_hook: ReadHook
         return res, None
     res.size = len(data)
     res.sha256 = hashlib.sha256(data).hexdigest()
-    res.width, res.height = _display_size(data, str(path))
-    if inspect is not None:
+    label = str(path)
+    with contextlib.ExitStack() as stack:
+        header: InvalidImage | None = None
+        im = None
         try:
-            res.extra = inspect(key, path, data)
-        except Exception:  # noqa: BLE001 - metadata is optional, the image still counts
-            res.extra = None
-    if read_hook is not None and not read_hook(key, res.sha256):
-        res.skipped = True
-        return res, None
-    try:
-        image = load_image(data, target_size=extractor.input_size, name=str(path))
-        if not res.width:
-            res.width, res.height = image.size
-        arr = extractor.preprocess(image)
-    except InvalidImage as e:
-        res.error = e.reason or "cannot decode image"
-        return res, None
-    except (CbirError, OSError, ValueError, MemoryError) as e:
-        res.error = f"{type(e).__name__}: {e}"
-        return res, None
+            im = stack.enter_context(opened(data, name=label))
+        except InvalidImage as e:  # reported below unless the content is known (then skipped)
+            header = e
+        if im is not None:
+            res.width, res.height = displayed_size(im)
+        elif header is None:  # camera RAW
+            with contextlib.suppress(InvalidImage):
+                res.width, res.height = image_size(data, oriented=True, name=label)
+        if inspect is not None:
+            try:
+                res.extra = inspect(key, path, data, im)
+            except Exception:  # noqa: BLE001 - metadata is optional, the image still counts
+                res.extra = None
+        if read_hook is not None and not read_hook(key, res.sha256):
+            res.skipped = True
+            return res, None
+        try:
+            if header is not None:
+                raise header
+            image = decode_opened(im, label, target_size=extractor.input_size) if im is not None \
+                else load_image(data, target_size=extractor.input_size, name=label)
+            if not res.width:
+                res.width, res.height = image.size
+            arr = extractor.preprocess(image)
+        except InvalidImage as e:
+            res.error = e.reason or "cannot decode image"
+            return res, None
+        except (CbirError, OSError, ValueError, MemoryError) as e:
+            res.error = f"{type(e).__name__}: {e}"
+            return res, None
     return res, arr
 
 

@@ -154,8 +154,8 @@ class _Embedder:
                 raise InvalidImage(str(path), str(error))
             return bytes(data)
 
-        def tags_of(_key: int, path: Path, data: bytes) -> list[str]:
-            return read_tags(path, data=data)
+        def tags_of(_key: int, path: Path, data: bytes, image: Any) -> list[str]:
+            return read_tags(path, image=image, data=data)
 
         items = [(k, Path(str(p))) for k, p in zip(keys, batch["path"], strict=True)]
         results = {r.key: r for r in embed_files(

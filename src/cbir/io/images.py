@@ -81,14 +81,47 @@ def load_image(
     if raw is not None:  # camera RAW: rawpy develops it (cbir.io.formats)
         return _formats.load_raw(raw, label, target_size=target_size, max_pixels=max_pixels)
     with _open_image(source, label) as im:
-        w, h = im.size
-        _check_pixels(label, w, h, max_pixels)
-        jpeg = isinstance(im, JpegImagePlugin.JpegImageFile)
-        if target_size and jpeg and min(w, h) >= 2 * target_size:
-            im.draft("RGB", (target_size, target_size))
-        rgb = _upright_rgb(im, label)
-        rgb.info = {k: v for k, v in im.info.items() if k not in _STALE_INFO}
-        return rgb
+        _check_pixels(label, *im.size, max_pixels)
+        return decode_opened(im, label, target_size=target_size)
+
+
+@contextlib.contextmanager
+def opened(data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS
+           ) -> Iterator[ImageFile.ImageFile | None]:
+    """The image in ``data`` opened once, lazily (header parsed, pixel count checked, nothing
+    decoded), for header reads (:func:`displayed_size`, EXIF, embedded tags) and then
+    :func:`decode_opened`: the indexer reads each file's bytes through one Pillow open instead
+    of four. Yields None for a camera RAW (rawpy decodes those: use :func:`load_image`).
+    Raises InvalidImage like load_image."""
+    if _raw_bytes(data, name, name) is not None:
+        yield None
+        return
+    with _open_image(data, name) as im:
+        _check_pixels(name, *im.size, max_pixels)
+        yield im
+
+
+def decode_opened(im: ImageFile.ImageFile, label: str, *, target_size: int | None = None
+                  ) -> Image.Image:
+    """An image from :func:`opened` decoded as :func:`load_image` decodes: upright RGB, JPEG
+    draft mode down to ``target_size``. Raises InvalidImage."""
+    w, h = im.size
+    jpeg = isinstance(im, JpegImagePlugin.JpegImageFile)
+    if target_size and jpeg and min(w, h) >= 2 * target_size:
+        im.draft("RGB", (target_size, target_size))
+    rgb = _upright_rgb(im, label)
+    rgb.info = {k: v for k, v in im.info.items() if k not in _STALE_INFO}
+    return rgb
+
+
+def displayed_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as displayed (a 90-degree EXIF orientation swaps
+    them), from the header: a PNG's EXIF after the pixel data is not looked for."""
+    w, h = im.size
+    cheap = im.format != "PNG" or "exif" in im.info
+    if cheap and _orientation(im) in (5, 6, 7, 8):
+        return h, w
+    return w, h
 
 
 def _upright_rgb(im: Image.Image, label: str) -> Image.Image:
@@ -119,12 +152,8 @@ def image_size(
     if raw is not None:
         return _formats.raw_size(raw, label, oriented=oriented)
     with _open_image(source, label) as im:
-        w, h = im.size
-        # PNG keeps EXIF after the pixel data: reading it would decode the image.
-        cheap = im.format != "PNG" or "exif" in im.info
-        if oriented and cheap and _orientation(im) in (5, 6, 7, 8):
-            return h, w
-        return w, h
+        # (PNG keeps EXIF after the pixel data: reading it would decode the image)
+        return displayed_size(im) if oriented else im.size
 
 
 def from_pil(image: Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -73,17 +73,26 @@ def meta_from_bytes(data: bytes) -> PhotoMeta:
         if kind == "heif":
             use_heif("metadata")
         with Image.open(io.BytesIO(data)) as im:
-            exif = im.getexif()
-            if not exif:
-                return out
-            sub = exif.get_ifd(_EXIF_IFD) or {}
-            out.taken_at = (parse_exif_date(sub.get(_DATE_ORIGINAL))
-                            or parse_exif_date(sub.get(_DATE_DIGITIZED))
-                            or parse_exif_date(exif.get(_DATE_TIME)))
-            out.make, out.model = _clean(exif.get(_MAKE)), _clean(exif.get(_MODEL))
-            out.gps = bool(exif.get_ifd(_GPS_IFD))
+            return meta_from_image(im)
     except Exception:  # noqa: BLE001 - metadata is optional; a bad header just has none
         return out
+
+
+def meta_from_image(im: Any) -> PhotoMeta:
+    """The metadata of an opened (not necessarily decoded) PIL image; never raises."""
+    out = PhotoMeta()
+    try:
+        exif = im.getexif()
+        if not exif:
+            return out
+        sub = exif.get_ifd(_EXIF_IFD) or {}
+        out.taken_at = (parse_exif_date(sub.get(_DATE_ORIGINAL))
+                        or parse_exif_date(sub.get(_DATE_DIGITIZED))
+                        or parse_exif_date(exif.get(_DATE_TIME)))
+        out.make, out.model = _clean(exif.get(_MAKE)), _clean(exif.get(_MODEL))
+        out.gps = bool(exif.get_ifd(_GPS_IFD))
+    except Exception:  # noqa: BLE001 - metadata is optional; a bad header just has none
+        return PhotoMeta()
     return out
 
 
