@@ -28,9 +28,9 @@ from cbir.errors import InvalidImage
 from cbir.extract.base import top_labels
 from cbir.extract.pipeline import embed_files
 from cbir.io.files import DEFAULT_MAX_BYTES, FoundFile, SkippedFile, iter_files
-from cbir.io.metadata import PhotoMeta, meta_from_bytes, read_meta
+from cbir.io.metadata import PhotoMeta, meta_from_bytes, meta_from_image, read_meta
 from cbir.io.saferead import read_file
-from cbir.io.tags import read_tags
+from cbir.io.tags import SidecarNames, read_tags
 from cbir.store import ImageRecord, photometa
 
 ProgressFn = Callable[[int, int], None]
@@ -235,9 +235,12 @@ def index_paths(
             f = todo[key]
             return read_file(f.read_path, max_bytes=max_bytes, identity=f.ident, label=str(f.path))
 
-        def tags_of(key: int, _path: Path, data: bytes) -> list[str]:
-            metas[key] = meta_from_bytes(data)
-            return read_tags(todo[key].path, data=data)
+        sidecars = SidecarNames()
+
+        def tags_of(key: int, _path: Path, data: bytes, image: Any) -> list[str]:
+            path = todo[key].path
+            metas[key] = meta_from_image(image) if image is not None else meta_from_bytes(data)
+            return read_tags(path, image=image, data=data, siblings=sidecars(path.parent))
 
         run_hashes: set[str] = set()  # contents embedded in this run, not yet committed
 
@@ -258,7 +261,7 @@ def index_paths(
             results = embed_files(items, extractor, batch_size=batch_size, regions=regions,
                                   read_hook=known_content, reader=read, inspect=tags_of)
         try:
-            for res in results:
+            for res in _in_key_order(results):
                 f = todo[res.key]
                 path = str(f.path)
                 rec = ImageRecord(path=path, size=f.size, mtime_ns=f.mtime_ns, sha256=res.sha256,
@@ -324,6 +327,36 @@ def index_paths(
     report.index_type = idx.name
     report.seconds = time.perf_counter() - t0
     return report
+
+
+#: results held back to commit in walk order before they are let through out of order
+REORDER_WINDOW = 2048
+
+
+def _in_key_order(results: Iterable[Any], window: int = REORDER_WINDOW) -> Iterable[Any]:
+    """Results (keys 0, 1, 2, ... in any order) in key order, so that catalog ids follow the
+    walk whatever the threads' timing (the same folder indexes to the same ids, and what is
+    trained on them is reproducible). A file that takes long holds back at most ``window``
+    results; past that they pass out of order rather than wait."""
+    want = 0
+    held: dict[int, Any] = {}
+    for res in results:
+        if res.key < want:  # its turn was given away (the window overflowed): no more waiting
+            yield res
+            continue
+        held[res.key] = res
+        while want in held:
+            yield held.pop(want)
+            want += 1
+        while len(held) > window:
+            first = min(held)
+            yield held.pop(first)
+            want = max(want, first + 1)
+            while want in held:
+                yield held.pop(want)
+                want += 1
+    for key in sorted(held):
+        yield held[key]
 
 
 def read_missing_metadata(collection: Collection, roots: Iterable[Path], *, max_bytes: int,

@@ -60,9 +60,11 @@ def test_trained_and_builtin_concepts_form_one_vocabulary(tmp_path, capsys) -> N
     dogs = set()
     with Collection.create_or_open(coll, "colorhist") as col, col.writer_lock():
         index_paths(col, [photos], progress=False)
-        for n, rec in enumerate(col.catalog.iter_records("ok")):
+        records = sorted(col.catalog.iter_records("ok"), key=lambda r: r.path)
+        for n, rec in enumerate(records):
             p = np.full(1000, 1e-5, dtype=np.float32)
-            dog = n % 3 == 0  # a third of the photos (red or not, tagged or not) show a dog
+            # half the red photos and a third of the others (tagged or not) show a dog
+            dog = n % (2 if "red" in truth[rec.path] else 3) == 0
             p[207 if dog else 281] = 0.9
             if dog:
                 dogs.add(rec.path)
