@@ -122,6 +122,9 @@ def build_index(directory: Path, n: int, kind: str, rebuild: bool) -> dict[str, 
         write_json_atomic(col.index_dir / "state.json",
                           {"kind": target, "generation": col.catalog.generation(),
                            "requested": col.requested_index()})
+        from cbir.store import matchscale
+
+        matchscale.store(col.catalog)  # as an index sync in `cbir index` leaves it
     col.close()
     info = {"index": target, "params": params, "index_build_s": round(time.perf_counter() - t0, 1)}
     mark.write_text(json.dumps(info) + "\n")

@@ -24,6 +24,11 @@ CATALOG_NAME = "catalog.sqlite"
 SCHEMA_VERSION = 5
 #: class probabilities kept per image (the top ones; what built-in word search scores)
 CLASS_PROBS_K = 16
+#: SQLite page size of new catalogs. An image row is ~2.9 KB (2,560 B of float16 feature):
+#: SQLite's default 4 KB page holds one such row and wastes the rest (4.3 KB per image on
+#: disk); 32 KB pages hold 11 (~3.0 KB per image). Existing catalogs keep their page size.
+#: Measured in bench/bench_cold.py (docs/storage.md).
+PAGE_SIZE = 32768
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -204,6 +209,10 @@ class Catalog:
         self.db.row_factory = sqlite3.Row
         try:
             if not readonly:
+                if self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                    # a new file: pages that hold many ~2.9 KB rows (see PAGE_SIZE); settable
+                    # only before the first table and before WAL mode
+                    self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
