@@ -107,3 +107,44 @@ def test_keeper_rule_and_components():
     assert [x.path for x in sorted(ms, key=keeper_key)] == \
         ["big_large_old", "big_large_file", "big_new", "small"]
     assert sorted(components([(1, 2), (3, 4), (2, 5)])) == [[1, 2, 5], [3, 4]]
+
+
+def test_similar_pairs_scans_hnsw_with_a_short_candidate_list(monkeypatch):
+    """The scan asks HNSW for a short candidate list (SCAN_EF, not the search default) and still
+    finds every pair above the threshold that brute force finds."""
+    from cbir.duplicates import SCAN_EF, similar_pairs
+    from cbir.index import create_index
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 64)).astype(np.float32)
+    copies = x[:60] + 0.05 * rng.standard_normal((60, 64)).astype(np.float32)  # cosine ~0.999
+    x = np.concatenate([x, copies])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(1, len(x) + 1, dtype=np.int64)
+    idx = create_index("hnsw", 64)
+    idx.add(ids, x)
+    assert idx.params["ef_search"] > SCAN_EF
+    asked: list[int] = []
+    search = idx._search
+    monkeypatch.setattr(idx, "_search",
+                        lambda q, k, **kw: (asked.append(kw["ef_search"]), search(q, k, **kw))[1])
+
+    class Catalog:
+        def ok_ids(self):
+            return ids
+
+        def features(self, sel):
+            sel = np.asarray(sel, dtype=np.int64)
+            return sel, x[sel - 1]
+
+    class Col:
+        catalog = Catalog()
+
+        def index(self):
+            return idx
+
+    pairs = similar_pairs(Col(), 0.9)
+    assert asked and set(asked) == {SCAN_EF}
+    s = x @ x.T
+    truth = {(int(ids[i]), int(ids[j])) for i, j in zip(*np.nonzero(np.triu(s >= 0.9, 1)), strict=True)}
+    assert len(truth) >= 60 and set(pairs) == truth
