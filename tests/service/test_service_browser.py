@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -121,6 +122,39 @@ def scene_server(tmp_path_factory) -> Iterator[dict]:
         index_paths(col, [root / "photos"], progress=False)
         train_concepts(col, vectors=None)
     yield from _serve(tmp, coll, ["--allow-root", str(root)], {"root": root, "truth": truth})
+
+
+def make_exif_photos(folder: Path, n: int, make: str, model: str, year: int, seed: int) -> list[Path]:
+    """``n`` JPEGs of colour blocks whose EXIF names the camera (Make 0x010F, Model 0x0110) and the
+    date (DateTime 0x0132, in ``year``)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        arr = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8).repeat(16, 0).repeat(16, 1)
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110], exif[0x0132] = make, model, f"{year}:07:{i + 1:02d} 10:00:00"
+        paths.append(folder / f"{folder.name}_{i:02d}.jpg")
+        Image.fromarray(arr, "RGB").save(paths[-1], exif=exif, quality=95)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def filter_server(tmp_path_factory) -> Iterator[dict]:
+    """Two folders, two cameras, two years: trip/ (Canon, 2021) and home/ (Pixel 7, 2023), each
+    with one exact copy (a duplicates group per folder); 14 images."""
+    tmp = tmp_path_factory.mktemp("filters")
+    root = (tmp / "allowed").resolve()
+    trip = make_exif_photos(root / "trip", 6, "Canon", "Canon EOS R6", 2021, seed=5)
+    home = make_exif_photos(root / "home", 6, "Google", "Pixel 7", 2023, seed=6)
+    shutil.copy(trip[2], root / "trip" / "trip_copy.jpg")
+    shutil.copy(home[3], root / "home" / "home_copy.jpg")
+    coll = tmp / "coll"
+    build_collection(coll, root)
+    yield from _serve(tmp, coll, ["--allow-root", str(root)], {"root": root, "trip": trip, "home": home})
 
 
 @pytest.fixture(scope="module")
@@ -548,6 +582,165 @@ def test_phone_every_tab_fits(open_page, server, scene_server):
     wait_images(words)
     no_sideways_scroll(words)
     shot(words, "search-words-phone.png")
+
+
+def _folders(hits) -> set[str]:
+    """The folder names of the results on screen."""
+    return {Path(p).parent.name for p in hits.locator(".name").evaluate_all("els => els.map(e => e.title)")}
+
+
+def _add_filter(pg, kind: str, value: str | None = None, suggestion: str | None = None) -> None:
+    pg.click("#filter-toggle")
+    expect(pg.locator("#filter-panel")).to_be_visible()
+    pg.select_option("#filter-kind", kind)
+    if suggestion is not None:
+        pg.locator(f"#filter-suggest button[data-value='{suggestion}']").click()
+    else:
+        pg.fill("#filter-value", value or "")
+        pg.press("#filter-value", "Enter")
+    expect(pg.locator("#filter-panel")).to_be_hidden()
+
+
+def test_filter_values_endpoint(filter_server):
+    with urllib.request.urlopen(filter_server["url"] + "/api/filter-values", timeout=10) as r:
+        data = json.load(r)
+    root = filter_server["root"]
+    assert data["images"] == 14
+    assert {c["value"]: c["count"] for c in data["cameras"]} == {"Canon EOS R6": 7, "Pixel 7": 7}
+    assert {f["path"]: f["count"] for f in data["folders"]} == {
+        str(root): 14, str(root / "trip"): 7, str(root / "home"): 7}
+    assert data["taken"] == {"first": "2021-07-01", "last": "2023-07-06"}
+    assert data["without_metadata"] == 0
+
+
+def test_filter_chips_narrow_every_search(open_page, filter_server):
+    """Chips for folder, camera and date: searches by photo, "similar", words and duplicates all
+    send them; adding or removing one re-runs the search on screen, never leaving old results."""
+    pg, guard = open_page(filter_server["url"] + "/")
+    guard.allow(r"status of 400")  # the words search: this collection has no concept model
+    root = filter_server["root"]
+    sent: list[str] = []
+    pg.on("request", lambda r: sent.append(r.url)
+          if "/api/search" in r.url or "/api/duplicates" in r.url else None)
+    expect(pg.locator("#stats")).to_contain_text("14 images")
+    pg.fill("#k", "24")
+    pg.set_input_files("#file", str(filter_server["trip"][0]))
+    hits = pg.locator("#results .hit")
+    expect(hits).to_have_count(14)
+    assert _folders(hits) == {"trip", "home"}
+
+    # a folder chip, from the folders the collection offers
+    pg.click("#filter-toggle")
+    pg.select_option("#filter-kind", "folder")
+    expect(pg.locator("#filter-suggest button")).to_have_count(3)  # the root, home, trip
+    expect(pg.locator("#filter-suggest")).to_contain_text("trip · 7")
+    options = pg.locator("#filter-options option").evaluate_all("os => os.map(o => o.value)")
+    assert sorted(options) == sorted([str(root), str(root / "home"), str(root / "trip")])
+    pg.click("#filter-toggle")
+    _add_filter(pg, "folder", suggestion=str(root / "trip"))
+    chips = pg.locator("#filter-chips .chip.filter")
+    expect(chips).to_have_count(1)
+    expect(chips.first).to_have_text(re.compile(r"^trip"))
+    expect(pg.locator("#search-status")).to_contain_text("filtered: trip")
+    expect(hits).to_have_count(7)
+    assert _folders(hits) == {"trip"}
+    assert "folder=" + urllib.parse.quote(str(root / "trip"), safe="") in sent[-1]
+    wait_images(pg)
+    shot(pg, "filters-desktop.png")
+    # removed: both folders come back
+    chips.first.locator("button").click()
+    expect(chips).to_have_count(0)
+    expect(hits).to_have_count(14)
+    assert _folders(hits) == {"trip", "home"}
+    expect(pg.locator("#search-status")).not_to_contain_text("filtered")
+
+    # a camera chip typed by hand (make or model contains), then "similar" keeps it
+    pg.click("#filter-toggle")
+    pg.select_option("#filter-kind", "camera")
+    expect(pg.locator("#filter-suggest")).to_contain_text("Pixel 7 · 7")
+    expect(pg.locator("#filter-suggest")).to_contain_text("Canon EOS R6 · 7")
+    pg.click("#filter-toggle")
+    _add_filter(pg, "camera", "pixel")
+    expect(hits).to_have_count(7)
+    assert _folders(hits) == {"home"}
+    hits.nth(1).locator("button.like").click()
+    expect(pg.locator("#search-status")).to_contain_text("images like")
+    expect(hits).to_have_count(6)  # the image itself is left out
+    assert _folders(hits) == {"home"} and "camera=pixel" in sent[-1]
+    # a date chip too; then without the camera chip the date still keeps 2021 (trip) out
+    _add_filter(pg, "after", "2022")
+    expect(chips).to_have_count(2)
+    expect(pg.locator("#search-status")).to_contain_text("taken ≥ 2022")
+    pg.locator("#filter-chips .chip.filter[data-key=camera] button").click()
+    expect(chips).to_have_count(1)
+    expect(pg.locator("#search-status")).not_to_contain_text("camera")
+    expect(hits).to_have_count(6)
+    assert _folders(hits) == {"home"}
+    # a bad value is refused on the page, nothing is added
+    pg.click("#filter-toggle")
+    pg.select_option("#filter-kind", "before")
+    pg.fill("#filter-value", "last week")
+    pg.click("#filter-add")
+    expect(pg.locator("#error-text")).to_contain_text("taken before takes a date")
+    expect(chips).to_have_count(1)
+    pg.click("#filter-toggle")
+    pg.click("#error-close")
+    # the words search sends the filters as well
+    pg.fill("#q", "sky")
+    with pg.expect_request(lambda r: "/api/scenes" in r.url) as req:
+        pg.click("#search-btn")
+    assert "after=2022" in req.value.url
+    pg.set_input_files("#file", str(filter_server["trip"][0]))
+    expect(hits).to_have_count(7)
+    assert _folders(hits) == {"home"}
+
+    # the duplicates tab: the same chips, one group per folder
+    pg.click("nav a[data-tab=duplicates]")
+    expect(pg.locator("#tab-duplicates .filters #filter-chips .chip.filter")).to_have_count(1)
+    pg.fill("#dup-threshold", "0.99")
+    pg.click("#dup-btn")
+    groups = pg.locator(".dup-group")
+    expect(pg.locator("#dup-status")).to_contain_text("filtered: taken ≥ 2022")
+    expect(groups).to_have_count(1)
+    expect(groups.first).to_contain_text("home_copy.jpg")
+    pg.locator("#filter-chips .chip.filter button").click()  # removing it runs it again
+    expect(groups).to_have_count(2)
+    expect(pg.locator("#dup-status")).not_to_contain_text("filtered")
+    _add_filter(pg, "folder", suggestion=str(root / "trip"))
+    expect(groups).to_have_count(1)
+    expect(groups.first).to_contain_text("trip_copy.jpg")
+    assert "folder=" in sent[-1] and "/api/duplicates" in sent[-1]
+    wait_images(pg, "#dup-groups")
+    shot(pg, "filters-duplicates-desktop.png")
+    # back on the search tab, the photo search runs again under the chips changed meanwhile:
+    # none of its old (home) results are left
+    pg.click("nav a[data-tab=search]")
+    expect(pg.locator("#tab-search .filters #filter-chips .chip.filter")).to_have_count(1)
+    expect(pg.locator("#search-status")).to_contain_text("filtered: trip")
+    expect(hits).to_have_count(7)
+    assert _folders(hits) == {"trip"}
+
+
+def test_filter_chips_phone(open_page, filter_server):
+    pg, _ = open_page(filter_server["url"] + "/", phone=True)
+    root = filter_server["root"]
+    pg.fill("#k", "24")
+    pg.set_input_files("#file", str(filter_server["home"][0]))
+    hits = pg.locator("#results .hit")
+    expect(hits).to_have_count(14)
+    pg.click("#filter-toggle")
+    pg.select_option("#filter-kind", "folder")
+    expect(pg.locator("#filter-suggest button")).to_have_count(3)
+    no_sideways_scroll(pg)
+    shot(pg, "filters-panel-phone.png", full_page=False)
+    pg.locator(f"#filter-suggest button[data-value='{root / 'home'}']").click()
+    _add_filter(pg, "camera", "Pixel 7")
+    expect(pg.locator("#filter-chips .chip.filter")).to_have_count(2)
+    expect(hits).to_have_count(7)
+    assert _folders(hits) == {"home"}
+    wait_images(pg)
+    no_sideways_scroll(pg)
+    shot(pg, "filters-phone.png")
 
 
 def test_maintenance_clear_and_rebuild(open_page, server):

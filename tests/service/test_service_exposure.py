@@ -54,7 +54,8 @@ READS = [("GET", "/api/search?id=1&k=3"), ("GET", "/api/images/1"), ("GET", "/ap
          ("GET", "/api/images/1/meta"), ("GET", "/api/collection"), ("GET", "/api/roots"),
          ("GET", "/api/jobs"), ("GET", "/api/jobs/0123"), ("GET", "/api/jobs/0123/events"),
          ("GET", "/metrics"), ("GET", "/api/models"), ("GET", "/api/scenes?q=sky"),
-         ("GET", "/api/concept-models"), ("GET", "/api/no-such-route")]
+         ("GET", "/api/concept-models"), ("GET", "/api/duplicates"), ("GET", "/api/filter-values"),
+         ("GET", "/api/no-such-route")]
 
 
 def test_reads_need_the_token_on_a_non_loopback_bind(public, roots):
@@ -75,6 +76,7 @@ def test_reads_need_the_token_on_a_non_loopback_bind(public, roots):
     assert public.get("/api/images/1/thumbnail", headers=AUTH).status_code == 200
     assert public.get("/api/collection", headers={"X-API-Token": TOKEN}).status_code == 200
     assert public.get("/metrics", headers=AUTH).status_code == 200
+    assert public.get("/api/filter-values", headers=AUTH).status_code == 200
     r = public.post("/api/search", files={"file": (q.name, q.read_bytes())}, headers=AUTH)
     assert r.status_code == 200
     # public: liveness (which tells the page to ask for the token), the page, docs

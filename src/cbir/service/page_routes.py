@@ -2,7 +2,10 @@
 
 * ``GET /api/duplicates``: groups of exact and near-duplicate images with a suggested keeper
   (:mod:`cbir.duplicates`, the engine of ``cbir duplicates``), or with ``id`` the group of one
-  image. Nothing is ever deleted: the page only exports the user's choices as CSV or JSON.
+  image; the search filters narrow it. Nothing is ever deleted: the page only exports the
+  user's choices as CSV or JSON.
+* ``GET /api/filter-values``: what the filters can be set to in this collection (cameras,
+  folders, tags, the range of dates taken), for the page's filter chips.
 * ``GET /api/models/{name}/curves.png``: the same matplotlib plot as ``cbir models curves``.
 * ``GET /api/models/{name}/labels``: the collection's images labelled by a trained model
   (``cbir models label``; nothing is written).
@@ -30,6 +33,7 @@ from cbir.search import Query as SearchQuery
 from cbir.search import match_baseline, match_score
 from cbir.service import training
 from cbir.service.errors import ApiError
+from cbir.service.filter_params import search_filters
 from cbir.service.routes import ERRORS, MAX_ID, MAX_K, MODEL_NAME, _reader, get_state, read_upload
 from cbir.service.schemas import HitOut, Label
 from cbir.service.state import ReaderCollection, ServiceState
@@ -40,9 +44,12 @@ ModelName = Annotated[str, PathParam(pattern=MODEL_NAME, max_length=64, descript
 
 #: pyplot keeps global state: one curves plot at a time
 _PLOT_LOCK = threading.Lock()
-#: the last collection-wide duplicates answers, keyed by (collection, catalog generation, threshold, near)
-_DUP_CACHE: dict[tuple[str, int, float, bool], list[Any]] = {}
+#: the last collection-wide duplicates answers, keyed by (collection, catalog generation, threshold,
+#: near, filters)
+_DUP_CACHE: dict[tuple[str, int, float, bool, str], list[Any]] = {}
 _DUP_LOCK = threading.Lock()
+#: the last filter values, keyed by (collection, catalog generation)
+_VALUES_CACHE: dict[tuple[str, int], dict[str, Any]] = {}
 
 
 class DuplicateMember(BaseModel):
@@ -112,8 +119,9 @@ def _group_out(g: Any) -> dict[str, Any]:
     return {"group": g.number, "kind": g.kind, "keeper": g.keeper.id, "members": members}
 
 
-def _one_group(reader: ReaderCollection, image_id: int, threshold: float) -> list[Any]:
-    """The duplicates of one image: its exact copies and neighbours with cosine >= threshold."""
+def _one_group(reader: ReaderCollection, image_id: int, threshold: float, filters: Any = None) -> list[Any]:
+    """The duplicates of one image: its exact copies and neighbours with cosine >= threshold
+    (with ``filters``, only those that pass them)."""
     from cbir.duplicates import Group, Member, keeper_key
     from cbir.search import search
 
@@ -129,6 +137,10 @@ def _one_group(reader: ReaderCollection, image_id: int, threshold: float) -> lis
     query = SearchQuery(vector=l2_normalize(rec.feature[None, :])[0], exclude={image_id})
     ids |= {h.id for h in search(reader, query, k=min(50, max(1, len(reader.pinned or []))))
             if h.cosine >= threshold}
+    if filters is not None:
+        from cbir.store.photometa import matching_ids
+
+        ids = {image_id} | (ids & set(matching_ids(reader.catalog, filters).tolist()))
     if len(ids) < 2:
         return []
     recs = reader.catalog.records(sorted(ids))
@@ -156,8 +168,10 @@ def duplicates(
     image_id: Annotated[int | None, Query(alias="id", ge=1, le=MAX_ID,
                                           description="only the group of this image")] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="groups returned (largest first)")] = 200,
+    filters: Annotated[Any, Depends(search_filters)] = None,
 ) -> Response:
-    """Groups of duplicate images, each with a suggested keeper. Read-only: nothing is deleted."""
+    """Groups of duplicate images, each with a suggested keeper, among the images that pass the
+    filters (as `cbir duplicates --folder ...`). Read-only: nothing is deleted."""
     from cbir.duplicates import find_duplicates
 
     t0 = time.perf_counter()
@@ -165,13 +179,14 @@ def duplicates(
     _pin(state, reader)
     try:
         if image_id is not None:
-            groups = _one_group(reader, image_id, threshold)
+            groups = _one_group(reader, image_id, threshold, filters)
         else:
-            key = (str(state.directory), reader.catalog.generation(), round(threshold, 4), near)
+            key = (str(state.directory), reader.catalog.generation(), round(threshold, 4), near,
+                   repr(filters))
             with _DUP_LOCK:
                 groups = _DUP_CACHE.get(key)
             if groups is None:
-                groups = find_duplicates(reader, threshold, near=near)
+                groups = find_duplicates(reader, threshold, near=near, filters=filters)
                 with _DUP_LOCK:
                     _DUP_CACHE.clear()
                     _DUP_CACHE[key] = groups
@@ -181,6 +196,109 @@ def duplicates(
         threshold=threshold, groups=[_group_out(g) for g in groups[:limit]], total_groups=len(groups),
         images_in_groups=sum(len(g.members) for g in groups), took_ms=_ms(t0))
     return Response(out.model_dump_json(), media_type="application/json")
+
+
+# -- filter values -------------------------------------------------------------------------------
+def _folders(paths: list[str], roots: list[str], limit: int) -> list[dict[str, Any]]:
+    """The folders holding images, with the images under each (sub-folders included): every
+    folder from an indexed root down to the images' own; the ``limit`` fullest, by path."""
+    direct: dict[str, int] = {}
+    for p in paths:
+        d = os.path.dirname(p)
+        direct[d] = direct.get(d, 0) + 1
+    under: dict[str, int] = {}
+    for d, n in direct.items():
+        root = next((r for r in roots if d == r or d.startswith(r.rstrip(os.sep) + os.sep)), d)
+        while True:
+            under[d] = under.get(d, 0) + n
+            parent = os.path.dirname(d)
+            if len(d) <= len(root) or parent == d:
+                break
+            d = parent
+    top = sorted(under.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    return [{"path": d, "name": os.path.basename(d) or d, "count": n} for d, n in sorted(top)]
+
+
+def filter_values(catalog: Any, roots: list[str], limit: int = 100) -> dict[str, Any]:
+    """Distinct cameras, folders and tags of the ok images, and the range of dates taken."""
+    from cbir.store import photometa
+
+    db = catalog.db
+    paths = [r[0] for r in db.execute("SELECT path FROM images WHERE status='ok'")]
+    tags = [{"tag": t, "count": int(n)} for t, n in db.execute(
+        "SELECT lower(j.value), COUNT(*) FROM images i, json_each(i.tags) j WHERE i.status='ok' "
+        "AND i.tags IS NOT NULL AND json_valid(i.tags) GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?", (limit,))]
+    cameras: list[dict[str, Any]] = []
+    taken: dict[str, Any] = {"first": None, "last": None}
+    geotagged = 0
+    if photometa.has_table(db):
+        rows = db.execute(
+            "SELECT m.make, m.model, COUNT(*) FROM photo_meta m JOIN images i ON i.id = m.id "
+            "WHERE i.status='ok' AND (m.make IS NOT NULL OR m.model IS NOT NULL) "
+            "GROUP BY m.make, m.model ORDER BY 3 DESC, 2 LIMIT ?", (limit,)).fetchall()
+        # the value sent back as ``camera`` (make or model contains): the model names the camera
+        cameras = [{"value": model or make, "make": make, "model": model, "count": int(n)}
+                   for make, model, n in rows]
+        first, last, geo = db.execute(
+            "SELECT MIN(m.taken_at), MAX(m.taken_at), SUM(m.gps) FROM photo_meta m "
+            "JOIN images i ON i.id = m.id WHERE i.status='ok'").fetchone()
+        taken = {"first": first[:10] if first else None, "last": last[:10] if last else None}
+        geotagged = int(geo or 0)
+    return {"images": len(paths), "cameras": cameras, "folders": _folders(paths, roots, limit),
+            "tags": tags, "taken": taken, "geotagged": geotagged,
+            "without_metadata": photometa.without_metadata(catalog)}
+
+
+class CameraValue(BaseModel):
+    value: str = Field(description="what to send as the camera filter")
+    make: str | None
+    model: str | None
+    count: int
+
+
+class FolderValue(BaseModel):
+    path: str = Field(description="what to send as the folder filter (sub-folders included)")
+    name: str
+    count: int = Field(description="images in it and its sub-folders")
+
+
+class TagValue(BaseModel):
+    tag: str
+    count: int
+
+
+class FilterValues(BaseModel):
+    images: int
+    cameras: list[CameraValue]
+    folders: list[FolderValue]
+    tags: list[TagValue]
+    taken: dict[str, str | None] = Field(description="first and last day taken (EXIF), YYYY-MM-DD")
+    geotagged: int
+    without_metadata: int = Field(description="images without stored metadata: date and camera "
+                                  "filters cannot see them until `cbir index` reads it")
+
+
+@router.get("/api/filter-values", response_model=FilterValues, responses=ERRORS, tags=["search"])
+def get_filter_values(
+    state: State,
+    limit: Annotated[int, Query(ge=1, le=1000, description="most values per list")] = 100,
+) -> dict[str, Any]:
+    """What the search filters can be set to here: cameras, folders (with their image counts),
+    tags, the dates taken; read-only, for the page's filter chips."""
+    from cbir.indexing import indexed_roots
+
+    reader = _reader(state)
+    key = (str(state.directory), reader.catalog.generation())
+    with _DUP_LOCK:
+        out = _VALUES_CACHE.get(key)
+    if out is None:
+        out = filter_values(reader.catalog, indexed_roots(reader.catalog), limit=1000)
+        with _DUP_LOCK:
+            _VALUES_CACHE.clear()
+            _VALUES_CACHE[key] = out
+    return {**out, "cameras": out["cameras"][:limit], "tags": out["tags"][:limit],
+            "folders": sorted(sorted(out["folders"], key=lambda f: -f["count"])[:limit],
+                              key=lambda f: f["path"])}
 
 
 # -- trained models ------------------------------------------------------------------------------

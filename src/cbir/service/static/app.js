@@ -7,7 +7,9 @@ const state = {
   health: null, collection: null, roots: [], followed: null, source: null, pollTimer: null,
   searchSeq: 0, hits: [], query: null, models: [],
   view: { items: [], index: 0, seq: 0 },
-  dup: { groups: [], decisions: new Map(), seq: 0 },
+  dup: { groups: [], decisions: new Map(), seq: 0, ran: false, of: null, stale: false },
+  // the active filters, [key, value] in the order added; every search sends them
+  filters: [], filterValues: null, searchStale: false,
 };
 
 // ---- helpers -------------------------------------------------------------------------
@@ -125,6 +127,11 @@ function showTab() {
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.tab === known));
   if (known === "models") { loadInfo(); loadModels(); }
   if (known === "index") { loadRoots(); loadJobs(); }
+  // one filter bar, shown in the tab that searches: the search box or the duplicates form
+  if (known === "duplicates") $("#dup-form").after($("#filters"));
+  if (known === "search") $("#search-form").append($("#filters"));
+  if (known === "search" && state.searchStale) { state.searchStale = false; if (hasQuery()) submitSearch(); }
+  if (known === "duplicates" && state.dup.stale) { state.dup.stale = false; if (state.dup.ran) findDuplicates(null, state.dup.of); }
 }
 
 // ---- header: health and collection ---------------------------------------------------------
@@ -207,6 +214,10 @@ function searchParams() {
   return { k, minmatch, rerank: model ? "none" : rr, model };
 }
 
+function hasQuery() {
+  return !!((state.query && state.query.type === "id") || $("#file").files[0] || $("#q").value.trim());
+}
+
 // one box: a query image (chosen, dropped, pasted, or "similar") wins; else the words
 function submitSearch(ev) {
   if (ev) ev.preventDefault();
@@ -222,7 +233,9 @@ async function runSearch(byId, byName) {
   try { p = searchParams(); } catch (e) { failSearch(seq, e); return; }
   const btn = $("#search-btn");
   btn.disabled = true;
+  const fq = filterQuery();
   try {
+    if (p.model && fq) throw new Error(`searches re-ranked by model ${p.model} cannot be filtered yet: remove the filters, or set Re-rank to none`);
     let data;
     if (byId) {
       $("#q").value = "";
@@ -232,7 +245,7 @@ async function runSearch(byId, byName) {
       if (readAuth()) setImage($("#query-preview"), `/api/images/${byId}/thumbnail`).catch(() => {});
       data = p.model
         ? await api("GET", `/api/models/${encodeURIComponent(p.model)}/search?id=${byId}&k=${p.k}`)
-        : await api("GET", `/api/search?id=${byId}&k=${p.k}&min_match=${p.minmatch}&rerank=${p.rerank}`);
+        : await api("GET", `/api/search?id=${byId}&k=${p.k}&min_match=${p.minmatch}&rerank=${p.rerank}${fq}`);
     } else {
       const f = $("#file").files[0];
       if (!f) throw new Error("choose a photo first");
@@ -244,7 +257,7 @@ async function runSearch(byId, byName) {
       else {
         fd.append("min_match", String(p.minmatch));
         fd.append("rerank", p.rerank);
-        data = await api("POST", "/api/search", fd);
+        data = await api("POST", "/api/search" + (fq ? "?" + fq.slice(1) : ""), fd);
       }
     }
     if (seq !== state.searchSeq) return;
@@ -272,7 +285,7 @@ function renderHits(data, p) {
   const how = p.model ? `, re-ranked by model ${p.model}` : p.rerank !== "none" ? `, re-ranked (${p.rerank})` : "";
   $("#search-status").textContent = data.collection_images === 0
     ? "the collection is empty: index a folder first"
-    : `${data.hits.length} result(s) for ${q} in ${num(Math.round(data.took_ms))} ms, from ${num(data.collection_images)} images${how}`;
+    : `${data.hits.length} result(s) for ${q} in ${num(Math.round(data.took_ms))} ms, from ${num(data.collection_images)} images${how}${filterNote()}`;
   box.replaceChildren(...data.hits.map((h, i) => {
     const title = `match: 0 % = as alike as two random photos here, 100 % = the same image; `
       + `similarity 1/(1+d) ${pct1(h.similarity)}` + (h.model_label ? `; model: ${h.model_label} ${pct1(h.model_prob)}` : "");
@@ -291,7 +304,7 @@ async function runWords() {
   const btn = $("#search-btn");
   btn.disabled = true;
   try {
-    const data = await api("GET", `/api/scenes?q=${encodeURIComponent(q)}&k=${p.k}`);
+    const data = await api("GET", `/api/scenes?q=${encodeURIComponent(q)}&k=${p.k}${filterQuery()}`);
     if (seq !== state.searchSeq) return;
     renderScene(data);
   } catch (e) {
@@ -304,7 +317,7 @@ function renderScene(data) {
   state.hits = data.hits;
   const notes = data.notes.length ? ` (${data.notes.join("; ")})` : "";
   $("#search-status").textContent =
-    `${data.hits.length} photo(s) showing ${data.query.join(" + ")} in ${num(Math.round(data.took_ms))} ms${notes}`;
+    `${data.hits.length} photo(s) showing ${data.query.join(" + ")} in ${num(Math.round(data.took_ms))} ms${notes}${filterNote()}`;
   box.replaceChildren(...data.hits.map((h, i) => {
     const ev = Object.entries(h.evidence).map(([c, e]) =>
       `${c} ${pct1(e.visual)}` + (e.text === null ? "" : ` / tags ${pct1(e.text)}`));
@@ -313,6 +326,144 @@ function renderScene(data) {
       el("div", { class: "evidence muted", title: ev.join(", ") }, ev.join(" · ")));
   }));
   loadThumbs(box);
+}
+
+// ---- filter chips ------------------------------------------------------------------------------
+// the API's filter parameters (cbir/service/filter_params.py); folder and tag may repeat
+const FILTERS = {
+  folder: { label: "folder", many: true, show: (v) => basename(v), hint: "a folder of the collection (its sub-folders too)" },
+  after: { label: "taken on or after", show: (v) => `taken ≥ ${v}`, hint: "2021, 2021-07 or 2021-07-04 (EXIF date taken)" },
+  before: { label: "taken before", show: (v) => `taken < ${v}`, hint: "2021, 2021-07 or 2021-07-04 (EXIF date taken)" },
+  camera: { label: "camera", show: (v) => `camera ${v}`, hint: "part of the camera's make or model" },
+  min_width: { label: "min. width", show: (v) => `width ≥ ${num(v)} px`, hint: "pixels", number: true },
+  min_height: { label: "min. height", show: (v) => `height ≥ ${num(v)} px`, hint: "pixels", number: true },
+  tag: { label: "tag", many: true, show: (v) => `tag ${v}`, hint: "the image has this tag (several: all of them)" },
+  geotagged: { label: "geotagged", show: () => "geotagged", hint: "only photos with a GPS position in their EXIF", flag: true },
+};
+const DATE_RE = /^\d{4}([-/:]\d{2}){0,2}$/;
+
+// "&folder=...&camera=..." for a URL that already has a query ("" without filters)
+function filterQuery() {
+  return state.filters.map(([k, v]) => `&${k}=${encodeURIComponent(k === "geotagged" ? "true" : v)}`).join("");
+}
+function filterNote() {
+  return state.filters.length ? ` · filtered: ${state.filters.map(([k, v]) => FILTERS[k].show(v)).join(", ")}` : "";
+}
+
+function renderFilterChips() {
+  $("#filter-chips").replaceChildren(...state.filters.map(([k, v], i) => {
+    const text = FILTERS[k].show(v);
+    return el("span", { class: "chip filter", "data-key": k, "data-value": v, title: `${FILTERS[k].label}: ${v}` },
+      el("span", {}, text),
+      el("button", { type: "button", "aria-label": `remove the filter ${text}`, title: "remove this filter",
+        onclick: () => removeFilter(i) }, "×"));
+  }));
+}
+
+function addFilter(key, raw) {
+  const f = FILTERS[key];
+  let value = f.flag ? "true" : String(raw == null ? "" : raw).trim();
+  if (!value) { showError(new Error(`give a value for the ${f.label} filter (${f.hint})`)); return false; }
+  if ((key === "after" || key === "before") && !DATE_RE.test(value)) {
+    showError(new Error(`${f.label} takes a date like 2021, 2021-07 or 2021-07-04; got ${value}`)); return false;
+  }
+  if (f.number) {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < 0 || n > 1000000) { showError(new Error(`${f.label} is a whole number of pixels, 0 to 1,000,000`)); return false; }
+    value = String(n);
+  }
+  if (f.many && state.filters.filter(([k]) => k === key).length >= 20) { showError(new Error(`at most 20 ${f.label} filters`)); return false; }
+  if (state.filters.some(([k, v]) => k === key && v === value)) return true;  // already there
+  clearError();
+  state.filters = f.many ? [...state.filters, [key, value]] : [...state.filters.filter(([k]) => k !== key), [key, value]];
+  filtersChanged();
+  return true;
+}
+
+function removeFilter(i) {
+  state.filters = state.filters.filter((_, j) => j !== i);
+  filtersChanged();
+  $("#filter-toggle").focus();
+}
+
+// a filter changed: the search in view runs again (its old results go at once), the other tab's later
+function filtersChanged() {
+  renderFilterChips();
+  const onDup = !$("#tab-duplicates").hidden;
+  if (onDup) {
+    if (state.dup.ran) findDuplicates(null, state.dup.of);
+    if (state.hits.length || $("#search-status").textContent) {
+      state.hits = [];
+      $("#results").replaceChildren();
+      $("#search-status").textContent = "";
+      state.searchStale = true;
+    }
+  } else {
+    if (hasQuery() && (state.hits.length || $("#search-status").textContent)) submitSearch();
+    else { state.hits = []; $("#results").replaceChildren(); $("#search-status").textContent = ""; }
+    if (state.dup.ran) {
+      state.dup.groups = [];
+      state.dup.decisions = new Map();
+      $("#dup-groups").replaceChildren();
+      $("#dup-csv").disabled = $("#dup-json").disabled = true;
+      $("#dup-status").textContent = "";
+      state.dup.stale = true;
+    }
+  }
+}
+
+async function loadFilterValues() {
+  if (!state.collection || !state.collection.exists) return;
+  try { state.filterValues = await api("GET", "/api/filter-values?limit=200"); } catch (e) { state.filterValues = null; }
+  fillFilterValue();
+}
+
+// the value box and the suggestions for the kind of filter chosen
+function fillFilterValue() {
+  const key = $("#filter-kind").value;
+  const f = FILTERS[key];
+  const fv = state.filterValues;
+  const input = $("#filter-value");
+  input.value = "";
+  input.type = f.number ? "number" : "text";
+  input.placeholder = f.number ? "1024" : key === "after" || key === "before" ? "2021-07" : "";
+  if (f.number) { input.min = "0"; input.max = "1000000"; } else { input.removeAttribute("min"); input.removeAttribute("max"); }
+  $("#filter-value-label").hidden = !!f.flag;
+  let options = [];  // [value, label]
+  if (fv) {
+    if (key === "folder") options = fv.folders.map((d) => [d.path, `${d.name} · ${num(d.count)}`]);
+    if (key === "camera") options = fv.cameras.map((c) => [c.value, `${c.value} · ${num(c.count)}`]);
+    if (key === "tag") options = fv.tags.map((t) => [t.tag, `${t.tag} · ${num(t.count)}`]);
+    if ((key === "after" || key === "before") && fv.taken.first) {
+      const y0 = Number(fv.taken.first.slice(0, 4)), y1 = Number(fv.taken.last.slice(0, 4));
+      for (let y = Math.max(y0, y1 - 7); y <= y1; y++) options.push([String(key === "before" ? y + 1 : y), String(key === "before" ? y + 1 : y)]);
+    }
+  }
+  if (f.number) options = [640, 1024, 1920, 3000].map((n) => [String(n), `${num(n)} px`]);
+  $("#filter-options").replaceChildren(...options.map(([v, l]) => el("option", { value: v, label: l })));
+  const top = key === "folder" && fv ? [...fv.folders].sort((a, b) => b.count - a.count).slice(0, 8).map((d) => [d.path, `${d.name} · ${num(d.count)}`]) : options.slice(0, 8);
+  $("#filter-suggest").replaceChildren(...top.map(([v, l]) =>
+    el("button", { type: "button", class: "chip", title: v, "data-value": v, onclick: () => { if (addFilter(key, v)) closeFilterPanel(); } }, l)));
+  let note = f.hint;
+  if (fv && (key === "after" || key === "before") && fv.taken.first) note += ` · photos here were taken ${fv.taken.first} to ${fv.taken.last}`;
+  if (fv && ["after", "before", "camera", "geotagged"].includes(key)) {
+    if (key === "geotagged") note += ` · ${num(fv.geotagged)} of ${num(fv.images)} are`;
+    if (fv.without_metadata) note += ` · ${num(fv.without_metadata)} image(s) have no metadata stored yet (re-index their folder)`;
+  }
+  if (fv && !options.length && ["folder", "camera", "tag"].includes(key)) note += " · none in this collection";
+  $("#filter-note").textContent = note;
+}
+
+function openFilterPanel() {
+  $("#filter-panel").hidden = false;
+  $("#filter-toggle").setAttribute("aria-expanded", "true");
+  fillFilterValue();
+  loadFilterValues();
+  $("#filter-kind").focus();
+}
+function closeFilterPanel() {
+  $("#filter-panel").hidden = true;
+  $("#filter-toggle").setAttribute("aria-expanded", "false");
 }
 
 // ---- the viewer (lightbox) --------------------------------------------------------------------
@@ -383,6 +534,9 @@ async function findDuplicates(ev, of) {
   if (ev) ev.preventDefault();
   clearError();
   const seq = ++state.dup.seq;
+  state.dup.ran = true;
+  state.dup.of = of || null;
+  state.dup.stale = false;
   state.dup.groups = [];
   state.dup.decisions = new Map();
   $("#dup-groups").replaceChildren();
@@ -391,7 +545,7 @@ async function findDuplicates(ev, of) {
   if (!(t >= 0.5 && t <= 1)) { $("#dup-status").textContent = ""; showError(new Error("the threshold is a similarity between 0.5 and 1")); return; }
   $("#dup-status").textContent = "looking for duplicates…";
   try {
-    const q = `threshold=${t}&near=${$("#dup-near").checked}` + (of ? `&id=${of.id}` : "");
+    const q = `threshold=${t}&near=${$("#dup-near").checked}` + (of ? `&id=${of.id}` : "") + filterQuery();
     const data = await api("GET", `/api/duplicates?${q}`);
     if (seq !== state.dup.seq) return;
     state.dup.groups = data.groups;
@@ -399,8 +553,8 @@ async function findDuplicates(ev, of) {
     const what = of ? `copies of ${of.name}` : "duplicates";
     $("#dup-status").textContent = data.groups.length
       ? `${num(data.total_groups)} group(s) of ${what}, ${num(data.images_in_groups)} images (threshold ${t}, ${num(Math.round(data.took_ms))} ms)`
-        + (data.total_groups > data.groups.length ? `; showing the ${data.groups.length} largest` : "")
-      : `no ${what} at threshold ${t}`;
+        + (data.total_groups > data.groups.length ? `; showing the ${data.groups.length} largest` : "") + filterNote()
+      : `no ${what} at threshold ${t}${filterNote()}`;
     renderDuplicates();
   } catch (e) {
     if (seq !== state.dup.seq) return;
@@ -455,7 +609,8 @@ function csvCell(v) {
 function exportDuplicates(kind) {
   const rows = dupRows();
   if (kind === "json") {
-    download("cbir-duplicates.json", "application/json", JSON.stringify({ threshold: parseFloat($("#dup-threshold").value), images: rows }, null, 2));
+    download("cbir-duplicates.json", "application/json", JSON.stringify({ threshold: parseFloat($("#dup-threshold").value),
+      filters: state.filters.map(([key, value]) => ({ key, value })), images: rows }, null, 2));
   } else {
     const cols = ["group", "kind", "decision", "suggested_keeper", "similarity", "id", "path", "width", "height", "size"];
     download("cbir-duplicates.csv", "text/csv", [cols.join(","), ...rows.map((r) => cols.map((c) => csvCell(r[c])).join(","))].join("\n") + "\n");
@@ -803,6 +958,15 @@ function init() {
   $("#viewer").addEventListener("click", (e) => { if (e.target === $("#viewer")) closeViewer(); });
 
   $("#dup-form").addEventListener("submit", (e) => findDuplicates(e));
+
+  // filter chips
+  $("#filter-toggle").addEventListener("click", () => { if ($("#filter-panel").hidden) openFilterPanel(); else closeFilterPanel(); });
+  $("#filter-kind").addEventListener("change", () => { fillFilterValue(); $("#filter-value").focus(); });
+  const add = () => { if (addFilter($("#filter-kind").value, $("#filter-value").value)) closeFilterPanel(); };
+  $("#filter-add").addEventListener("click", add);
+  // Enter adds the filter (the box sits in the search form: it must not submit a search)
+  $("#filter-value").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); add(); } });
+  $("#filter-panel").addEventListener("keydown", (e) => { if (e.key === "Escape") { closeFilterPanel(); $("#filter-toggle").focus(); } });
   $("#dup-csv").addEventListener("click", () => exportDuplicates("csv"));
   $("#dup-json").addEventListener("click", () => exportDuplicates("json"));
 
