@@ -56,7 +56,7 @@ def test_the_writer_stores_the_baseline_and_a_search_reads_it(col, monkeypatch):
     search_mod._BASELINES.clear()
     monkeypatch.setattr(matchscale, "compute", lambda c: pytest.fail("measured again"))
     assert match_baseline(col) == pytest.approx(want)
-    cat.set_meta(matchscale.META_KEY, '{"generation": %d, "baseline": 0.5}' % (gen - 1))
+    cat.set_meta(matchscale.META_KEY, f'{{"generation": {gen - 1}, "baseline": 0.5}}')
     search_mod._BASELINES.clear()
     monkeypatch.undo()
     assert match_baseline(col) == pytest.approx(want)  # stale: measured, not trusted
