@@ -109,7 +109,7 @@ def decode_opened(im: ImageFile.ImageFile, label: str, *, target_size: int | Non
     jpeg = isinstance(im, JpegImagePlugin.JpegImageFile)
     if target_size and jpeg and min(w, h) >= 2 * target_size:
         im.draft("RGB", (target_size, target_size))
-    rgb = _upright_rgb(im, label)
+    rgb = _upright_rgb(im, label, own=True)
     rgb.info = {k: v for k, v in im.info.items() if k not in _STALE_INFO}
     return rgb
 
@@ -124,12 +124,16 @@ def displayed_size(im: Image.Image) -> tuple[int, int]:
     return w, h
 
 
-def _upright_rgb(im: Image.Image, label: str) -> Image.Image:
-    """Decode ``im``'s pixels (no-op when loaded), convert to RGB, apply EXIF orientation."""
+def _upright_rgb(im: Image.Image, label: str, *, own: bool = False) -> Image.Image:
+    """Decode ``im``'s pixels (no-op when loaded), convert to RGB, apply EXIF orientation.
+
+    own: ``im`` is ours and closed right after (a file we opened): an RGB result may take
+    over its decoded pixels instead of copying them (~0.13 ms of a 224-px JPEG's 0.5 ms).
+    """
     _decode(im, label)
     orientation = _orientation(im)
     try:
-        rgb = _to_rgb(im)
+        rgb = _to_rgb(im, own=own)
     except (ValueError, OSError) as e:
         raise InvalidImage(label, f"cannot convert colour mode {im.mode} to RGB ({e})") from e
     except MemoryError as e:
@@ -283,7 +287,7 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def _to_rgb(im: Image.Image, *, own: bool = False) -> Image.Image:
     """Convert any Pillow mode to RGB, compositing transparency onto white."""
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
@@ -291,7 +295,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     if mode == "CMYK":
         return _cmyk_to_rgb(im)
     if mode == "RGB" and "transparency" not in im.info:
-        return im.copy()
+        # a new Image object on the same decoded core: closing ``im`` afterwards only drops
+        # its own reference (Image._new is how Pillow itself wraps a core)
+        return im._new(im.im) if own else im.copy()
     if mode in ("P", "PA", "RGBa") or (
         mode in ("1", "L", "RGB") and "transparency" in im.info
     ):
