@@ -8,8 +8,11 @@ interim index left ON, as a user's server has it), fills it through cbir's ``mil
 seals the segments (flush) and waits for the index build. Data: bench/bench_index.py's synthetic
 CNN-like features. Measures insert vectors/s, build time, p50/p99 of single queries (Strong and
 Bounded consistency), batch queries/s, recall@10 vs exact (tie-tolerant), delete visibility per
-consistency level (is an id returned right after its delete?), and that Milvus BINARY_VECTOR +
-HAMMING (BIN_FLAT) gives the same distances as FAISS IndexBinaryFlat on 64-bit codes.
+consistency level (is an id returned right after its delete?), and (``hamming``) cbir's ``milvus``
+binary index (BINARY_VECTOR + HAMMING, BIN_FLAT) against FAISS ``binary-flat`` on 100k random and
+clustered 64-bit codes: insert codes/s, p50/p99, batch q/s, and identical results.
+
+    python bench/bench_milvus.py --backends hamming     # the Hamming section alone
 """
 
 from __future__ import annotations
@@ -108,37 +111,75 @@ def delete_visibility(uri: str, dim: int, trials: int = 20) -> dict[str, Any]:
     return out
 
 
-def hamming_check(uri: str, n: int = 20_000, nq: int = 100) -> dict[str, Any]:
-    """Milvus BIN_FLAT HAMMING vs FAISS IndexBinaryFlat on 64-bit codes: identical distances?"""
-    from pymilvus import DataType, MilvusClient
+def hamming_codes(kind: str, n: int, bits: int, seed: int) -> np.ndarray:
+    """Packed codes: ``random`` (uniform bits) or ``clustered`` (1000 random centres, each bit
+    flipped with probability 4/bits: many equal distances, so ties straddle k often)."""
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        return np.packbits(rng.random((n, bits)) < 0.5, axis=1)
+    centers = np.random.default_rng(bits).random((1000, bits)) < 0.5
+    return np.packbits(centers[rng.integers(0, 1000, n)] ^ (rng.random((n, bits)) < 4 / bits), axis=1)
 
-    rng = np.random.default_rng(9)
-    codes = rng.integers(0, 256, (n, 8), dtype=np.uint8)
-    qc = rng.integers(0, 256, (nq, 8), dtype=np.uint8)
-    fi = faiss.IndexBinaryFlat(64)
-    fi.add(codes)
-    fd, _ = fi.search(qc, K)
-    c = MilvusClient(uri=uri)
-    name = f"cbir_bench_bin_{int(time.time())}"
-    schema = MilvusClient.create_schema(auto_id=False, description="cbir bench")
-    schema.add_field("id", DataType.INT64, is_primary=True)
-    schema.add_field("code", DataType.BINARY_VECTOR, dim=64)
-    ip = c.prepare_index_params()
-    ip.add_index("code", index_type="BIN_FLAT", metric_type="HAMMING")
-    c.create_collection(name, schema=schema, index_params=ip, consistency_level="Strong")
-    for s in range(0, n, 10_000):
-        c.insert(name, [{"id": int(i), "code": codes[i].tobytes()} for i in range(s, min(n, s + 10_000))])
-    res = c.search(name, data=[b.tobytes() for b in qc], limit=K, anns_field="code",
-                   search_params={"metric_type": "HAMMING"})
-    md = np.array([[h["distance"] for h in r] for r in res], dtype=np.int64)
-    ids = np.array([[h["id"] for h in r] for r in res], dtype=np.int64)
-    true = np.array([[int(np.unpackbits(codes[j] ^ qc[i]).sum()) for j in row] for i, row in enumerate(ids)])
-    c.drop_collection(name)
-    out = {"n": n, "queries": nq, "distances_identical": bool((md == fd).all()),
-           "milvus_distance_is_true_hamming": bool((md == true).all()),
-           "same_ids_modulo_ties": bool((np.sort(md, 1) == np.sort(fd, 1)).all())}
-    log(f"hamming: {out}")
-    return out
+
+def bench_hamming(uri: str, n: int, bits: int, queries: int, batch: int) -> list[dict[str, Any]]:
+    """Milvus BIN_FLAT (cbir's ``milvus`` binary backend) vs FAISS binary (``binary-flat``) on the
+    same codes: insert codes/s, p50/p99 of single k=10 queries, and whether the batch results
+    are identical (ids and distances, both in (distance, id) order); plus plain Milvus (one
+    search, limit=k, no re-sort) to show what the tie handling fixes."""
+    from cbir.hashing import create_binary_index
+
+    rows = []
+    for kind in ("random", "clustered"):
+        codes = hamming_codes(kind, n, bits, seed=1)
+        q = hamming_codes(kind, batch, bits, seed=2)
+        ids = np.arange(n, dtype=np.int64) * 3 + 1
+        res = {}
+        for label, make in (("faiss binary-flat", lambda: create_binary_index("binary-flat", bits)),
+                            ("milvus BIN_FLAT", lambda: create_binary_index("milvus", bits, uri=uri))):
+            index = make()
+            t = time.perf_counter()
+            for s in range(0, n, 20_000):
+                index.add(ids[s : s + 20_000], codes[s : s + 20_000])
+            insert_s = time.perf_counter() - t
+            build_s = 0.0
+            if hasattr(index, "flush"):
+                t = time.perf_counter()
+                index.flush()
+                index.wait_index()
+                build_s = time.perf_counter() - t
+            lat = []
+            for i in range(queries):
+                t = time.perf_counter()
+                index.search(q[i : i + 1], K)
+                lat.append((time.perf_counter() - t) * 1e3)
+            t = time.perf_counter()
+            res[label] = index.search(q, K)
+            qps = batch / (time.perf_counter() - t)
+            rows.append({"data": kind, "backend": label, "insert_cps": n / insert_s, "build_s": build_s,
+                         "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                         "batch_qps": qps})
+            log(f"hamming {kind} {label}: insert {insert_s:.1f} s, build {build_s:.1f} s, "
+                f"p50 {rows[-1]['p50_ms']:.2f} ms, {qps:.0f} q/s batch")
+            if label.startswith("milvus"):
+                plain = index._query(q, K)  # one Milvus search, limit=k, ties in Milvus's order
+                pd = np.array([d for d, _ in plain])
+                pi = np.array([i for _, i in plain])
+                index.drop()
+        fd, fi = res["faiss binary-flat"]
+        md, mi = res["milvus BIN_FLAT"]
+        recall = float(np.mean([np.isin(mi[r], fi[r]).mean() for r in range(batch)]))
+        for r in rows[-2:]:
+            r |= {"recall@10_vs_faiss": recall if r["backend"].startswith("milvus") else 1.0,
+                  "identical_ids_and_distances": bool((md == fd).all() and (mi == fi).all()),
+                  "plain_milvus_same_distances": bool((pd == fd).all()),
+                  "plain_milvus_queries_with_other_ids": int((pi != fi).any(axis=1).sum()),
+                  "plain_milvus_queries_with_other_id_set": int(sum(
+                      set(pi[r].tolist()) != set(fi[r].tolist()) for r in range(batch)))}
+        log(f"hamming {kind}: identical {rows[-1]['identical_ids_and_distances']}, recall {recall:.3f}; "
+            f"plain Milvus (limit=k, no re-sort): same distances {rows[-1]['plain_milvus_same_distances']}, "
+            f"{rows[-1]['plain_milvus_queries_with_other_ids']}/{batch} queries with ids in another order, "
+            f"{rows[-1]['plain_milvus_queries_with_other_id_set']} with another set (ties cut at k)")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=300, help="single queries timed one by one")
     ap.add_argument("--batch", type=int, default=1000, help="queries in the batch run (and for recall)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/milvus.json"))
-    ap.add_argument("--backends", default="faiss-hnsw,faiss-ivf,faiss-partitioned,milvus-hnsw,milvus-ivf")
+    ap.add_argument("--backends",
+                    default="faiss-hnsw,faiss-ivf,faiss-partitioned,milvus-hnsw,milvus-ivf,hamming",
+                    help="comma-separated; 'hamming': the binary codes section alone")
+    ap.add_argument("--hamming-n", type=int, default=100_000, help="codes in the Hamming section")
+    ap.add_argument("--bits", type=int, default=64, help="code length in the Hamming section")
     args = ap.parse_args(argv)
     model = FeatureModel.make(args.dim, args.classes, seed=0)
     x, classes, _ = model.sample(args.n, seed=1)
@@ -206,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             if label.startswith("milvus"):
                 index.drop()
             del index
-        visibility = delete_visibility(server.uri, args.dim)
-        hamming = hamming_check(server.uri)
+        visibility = delete_visibility(server.uri, args.dim) if any(
+            w.startswith("milvus") for w in wanted) else {}
+        hamming = bench_hamming(server.uri, args.hamming_n, args.bits, args.queries, args.batch) \
+            if "hamming" in wanted else []
     finally:
         server.stop()
     print(f"\n{args.n} vectors, dim {args.dim}, k={K}; single queries: {args.queries}, batch: {args.batch}")
@@ -219,10 +266,22 @@ def main(argv: list[str] | None = None) -> int:
     print("\ndelete visibility (a deleted id returned by the very next search):")
     for level, v in visibility.items():
         print(f"  {level:10} {v['deleted_id_returned']}/{v['trials']}  (search p50 {v['p50_ms']:.1f} ms)")
-    print(f"hamming (64-bit, BIN_FLAT vs FAISS IndexBinaryFlat): {hamming}")
+    if hamming:
+        print(f"\nhamming: {args.hamming_n} codes of {args.bits} bits, k={K}; single queries: "
+              f"{args.queries}, batch: {args.batch} (identical = ids and distances, (distance, id) order)")
+        print(f"{'data':10} {'backend':18} {'ins c/s':>8} {'build s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+              f"{'batch q/s':>9} {'R@10':>6} {'identical':>9} {'plain: order/set/n':>22}")
+        for r in hamming:
+            plain = (f"{r['plain_milvus_queries_with_other_ids']}/"
+                     f"{r['plain_milvus_queries_with_other_id_set']}/{args.batch}") \
+                if r["backend"].startswith("milvus") else "-"
+            print(f"{r['data']:10} {r['backend']:18} {r['insert_cps']:8.0f} {r['build_s']:7.1f} "
+                  f"{r['p50_ms']:7.2f} {r['p99_ms']:7.2f} {r['batch_qps']:9.0f} "
+                  f"{r['recall@10_vs_faiss']:6.3f} {str(r['identical_ids_and_distances']):>9} {plain:>22}")
     import pymilvus
 
     meta = {"n": args.n, "dim": args.dim, "k": K, "queries": args.queries, "batch": args.batch,
+            "hamming_n": args.hamming_n, "bits": args.bits, "backends": wanted,
             "milvus_start_s": start_s, "faiss": faiss.__version__, "pymilvus": pymilvus.__version__,
             "milvus_server": "2.3.5 standalone (PyPI milvus)", "cores": 2, "time": time.strftime("%F %T")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
