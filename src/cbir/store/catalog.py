@@ -143,6 +143,78 @@ def unpack_class_probs(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
     return idx, np.frombuffer(blob, dtype="<f2", offset=2 * k, count=k).astype(np.float32)
 
 
+#: ``regions.shape`` marker of rows stored as 8-bit codes with a per-row range (pack_regions)
+REGIONS_U8_ROW = "u8-row"
+
+
+def _region_steps(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The code step of each row, float32, computed the same way when packing and unpacking."""
+    return (hi.astype(np.float32) - lo.astype(np.float32)) / np.float32(255)
+
+
+def pack_regions(regions: np.ndarray) -> tuple[str, bytes]:
+    """(shape column, blob) of a region-feature array, e.g. (49, 1280).
+
+    Each row (spatial position, last axis = channels) is stored as uint8 codes over its own
+    range: ``value = lo + code * (hi - lo) / 255``. ``lo``/``hi`` are the row's min/max
+    rounded outwards to float16, so they are kept exactly in 2 bytes each and the step is
+    derived in float32 when reading: the error is at most half a step (plus the float16
+    rounding that ``Catalog.regions`` always applied). Blob: lo (rows <f2), hi (rows <f2),
+    codes (rows x channels u8); 62,916 bytes for 49 x 1280 instead of 125,440 as float16.
+    Re-packing an unpacked array gives the same float16 values (a duplicate's regions are
+    copied this way). Arrays with NaN/infinity or beyond the float16 range, or without a
+    channel axis, are stored as before: a JSON shape list and float16 values.
+    """
+    x = np.asarray(regions, dtype=np.float32)
+    if x.ndim >= 2 and x.size and np.isfinite(x).all():
+        rows = x.reshape(-1, x.shape[-1])
+        lo32, hi32 = rows.min(axis=1), rows.max(axis=1)
+        with np.errstate(over="ignore"):
+            lo, hi = lo32.astype("<f2"), hi32.astype("<f2")
+            down, up = lo.astype(np.float32) > lo32, hi.astype(np.float32) < hi32
+            lo[down] = np.nextafter(lo[down], np.float16(-np.inf))
+            hi[up] = np.nextafter(hi[up], np.float16(np.inf))
+        if np.isfinite(lo).all() and np.isfinite(hi).all():
+            step = _region_steps(lo, hi)
+            safe = np.where(step > 0, step, np.float32(1))
+            codes = np.rint((rows - lo.astype(np.float32)[:, None]) / safe[:, None])
+            codes = np.clip(codes, 0, 255).astype(np.uint8)
+            shape = json.dumps({"shape": list(x.shape), "q": REGIONS_U8_ROW})
+            return shape, lo.tobytes() + hi.tobytes() + codes.tobytes()
+    reg = np.asarray(regions, dtype="<f2")
+    return json.dumps(list(reg.shape)), reg.tobytes()
+
+
+def unpack_regions(shape_text: str, blob: bytes, image_id: int | None = None) -> np.ndarray:
+    """The float16 array of a (shape column, blob) pair: either format of pack_regions.
+
+    A blob of the wrong size for its shape, or an unknown format, raises CollectionError
+    (it used to raise numpy's ValueError): damaged rows are never returned as garbage.
+    """
+    spec = json.loads(shape_text)
+    what = f"the stored region features of image {image_id}"
+    if isinstance(spec, list):  # float16 values, as written before the 8-bit format
+        shape = [int(s) for s in spec]
+        if len(blob) != 2 * int(np.prod(shape)):
+            raise CollectionError(f"{what} are damaged ({len(blob)} bytes for shape {shape}); "
+                                  "`cbir remove` the image and index it again with --regions")
+        return np.frombuffer(blob, dtype="<f2").reshape(shape)
+    if not isinstance(spec, dict) or spec.get("q") != REGIONS_U8_ROW:
+        raise CollectionError(f"{what} have an unknown format {shape_text[:80]!r}; "
+                              "they were written by a newer version of cbir")
+    shape = [int(s) for s in spec["shape"]]
+    c = shape[-1]
+    n_rows = int(np.prod(shape[:-1]))
+    if len(blob) != 4 * n_rows + n_rows * c:
+        raise CollectionError(f"{what} are damaged ({len(blob)} bytes for shape {shape}); "
+                              "`cbir remove` the image and index it again with --regions")
+    lo = np.frombuffer(blob, dtype="<f2", count=n_rows)
+    hi = np.frombuffer(blob, dtype="<f2", count=n_rows, offset=2 * n_rows)
+    codes = np.frombuffer(blob, dtype=np.uint8, offset=4 * n_rows).reshape(n_rows, c)
+    out = lo.astype(np.float32)[:, None] + codes * _region_steps(lo, hi)[:, None]
+    return out.astype("<f2").reshape(shape)
+
+
 @dataclass
 class ImageRecord:
     """One catalog row. ``feature`` is float16 (dim,) for status 'ok', else None."""
@@ -347,11 +419,7 @@ class Catalog:
                 rid = int(cur.lastrowid)
                 ids.append(rid)
                 if r.regions is not None:
-                    reg = np.asarray(r.regions, dtype="<f2")
-                    db.execute(
-                        "INSERT INTO regions VALUES (?, ?, ?)",
-                        (rid, json.dumps(list(reg.shape)), reg.tobytes()),
-                    )
+                    db.execute("INSERT INTO regions VALUES (?, ?, ?)", (rid, *pack_regions(r.regions)))
             self._bump()
         return ids
 
@@ -528,7 +596,8 @@ class Catalog:
         return out
 
     def regions(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
-        """Stored region features, float16 arrays by image id (only images indexed with regions)."""
+        """Stored region features, float16 arrays by image id (only images indexed with regions;
+        8-bit rows are dequantised, see pack_regions). A damaged blob raises CollectionError."""
         out: dict[int, np.ndarray] = {}
         ids = [int(i) for i in ids]
         for start in range(0, len(ids), 200):
@@ -537,7 +606,7 @@ class Catalog:
             for r in self.db.execute(
                 f"SELECT image_id, shape, data FROM regions WHERE image_id IN ({q})", chunk
             ):
-                out[r[0]] = np.frombuffer(r[2], dtype="<f2").reshape(json.loads(r[1]))
+                out[r[0]] = unpack_regions(r[1], r[2], r[0])
         return out
 
     def _decode(self, blob: bytes | None) -> np.ndarray | None:
