@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -66,6 +67,25 @@ def test_train_list_show_delete(client, roots, can_train):
     assert client.delete("/api/models/m1").json()["deleted"] == "m1"
     assert client.get("/api/models").json()["models"] == []
     assert client.delete("/api/models/m1").status_code == 404
+
+
+def test_cancelled_training_saves_no_model(client, roots, can_train):
+    """Cancel while the epochs run: the job ends cancelled and no model is listed (the trainer
+    stops on the cancel and would otherwise keep its best epoch so far)."""
+    _classes(roots / "classes")
+    opts = {"epochs": 5000, "patience": 5000, "min_per_class": 2, "hidden": 16, "seed": 1}
+    r = client.post("/api/train-jobs", json={"path": "classes", "name": "gone", "options": opts})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + 120
+    while "epoch" not in (client.get(f"/api/jobs/{job_id}").json().get("message") or ""):
+        assert time.monotonic() < deadline, "training never reached its epochs"
+        time.sleep(0.05)
+    assert client.post(f"/api/jobs/{job_id}/cancel").status_code in (200, 202)
+    job = wait_job(client, job_id, timeout=120)
+    assert job["status"] == "cancelled", job
+    assert client.get("/api/models").json()["models"] == []
+    assert client.get("/api/models/gone").status_code == 404
 
 
 def test_training_requests_are_checked(client, roots, can_train):

@@ -36,7 +36,7 @@ from cbir.index.base import as_vectors, check_k, isin_sorted, top_k
 from cbir.io.images import load_image
 from cbir.service import workers
 from cbir.service.config import ServiceConfig
-from cbir.service.jobs import JOBS_NAME, JobContext, JobOutcome, JobRunner, JobStore
+from cbir.service.jobs import JOBS_NAME, JobCancelled, JobContext, JobOutcome, JobRunner, JobStore
 from cbir.service.metrics import Metrics
 from cbir.service.security import resolve_under_roots
 from cbir.store import Catalog, Manifest, WriterLock, read_manifest
@@ -497,6 +497,11 @@ class ServiceState:
                                 options=ctx.params.get("options") or {},
                                 trained_by=ctx.params.get("trained_by"),
                                 cache_dir=str(cache) if cache else None)
+            if ctx.stop.is_set():  # the loop stopped on the cancel and saved what it had
+                raise JobCancelled()
+        except JobCancelled:
+            self._drop_model(ctx.params["name"])  # cancelled means no model, not a half-trained one
+            raise
         finally:
             if uploaded:
                 shutil.rmtree(upload, ignore_errors=True)
@@ -508,6 +513,16 @@ class ServiceState:
             ctx.progress(epochs, epochs, f"trained {epochs} epochs")
         return JobOutcome(result=record, message=f"trained model {record['name']} in {record['epochs']} "
                           f"epochs" + (f", validation accuracy {acc:.1%}" if acc is not None else ""))
+
+    def _drop_model(self, name: str) -> None:
+        """Delete the model a cancelled training job may have saved (the name was new when the
+        job was made: an existing name is refused before anything runs)."""
+        from cbir.service import training
+
+        try:
+            training.registry(self.directory).delete(name)
+        except Exception:  # noqa: BLE001 - nothing saved, or already gone
+            log.debug("no model %s to drop after a cancel", name, exc_info=True)
 
     # -- helpers for routes -----------------------------------------------------------------
     def gauges(self) -> list[tuple[str, str, dict[str, object], float]]:
