@@ -334,6 +334,25 @@ def test_search_by_upload_viewer_and_similar(open_page, server):
     expect(pg.locator("#error")).to_be_hidden()
     expect(pg.locator("#query-name")).to_have_text(query.name)
     expect(pg.locator("#q")).to_have_value("")
+    # pasting a photo (Ctrl+V of a copied image) searches with it too
+    other = sorted((server["root"] / "photos").glob("good_*"))[1]
+    paste_file(pg, other)
+    expect(pg.locator("#query-name")).to_have_text(other.name)
+    expect(hits).to_have_count(5)
+    expect(hits.first.locator(".name")).to_contain_text(other.name)
+
+
+def paste_file(pg, path: Path) -> None:
+    """Paste an image as a clipboard paste of a copied picture delivers it (a file item)."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    pg.evaluate("""([b64, name]) => {
+        const bin = atob(b64);
+        const file = new File([Uint8Array.from(bin, (c) => c.charCodeAt(0))], name, { type: 'image/png' });
+        const dt = new DataTransfer();
+        dt.items.add(file);
+        const init = { clipboardData: dt, bubbles: true, cancelable: true };
+        document.dispatchEvent(new ClipboardEvent('paste', init));
+    }""", [data, path.name])
 
 
 def test_bad_upload_clears_old_results(open_page, server, tmp_path):
