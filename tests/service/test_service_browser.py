@@ -402,6 +402,14 @@ def test_duplicates_review_keep_mark_export(open_page, server):
     rows = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
     decided = {Path(r["path"]).name: r["decision"] for r in rows}
     assert decided == {keeper_name: "remove", marked_name: "keep"}
+    # the choices are kept: after a reload and a new run the same cards are kept / marked
+    pg.reload()
+    pg.fill("#dup-threshold", "0.99")
+    pg.click("#dup-btn")
+    group = pg.locator(".dup-group").first
+    expect(group.locator(".dup-card.mark")).to_have_count(1)
+    expect(group.locator(".dup-card.mark .name")).to_have_text(keeper_name)
+    expect(group.locator(".dup-card.keep .name")).to_have_text(marked_name)
     with pg.expect_download() as dl:
         pg.click("#dup-json")
     data = json.loads(Path(dl.value.path()).read_text())

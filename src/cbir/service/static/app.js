@@ -549,7 +549,9 @@ async function findDuplicates(ev, of) {
     const data = await api("GET", `/api/duplicates?${q}`);
     if (seq !== state.dup.seq) return;
     state.dup.groups = data.groups;
-    for (const g of data.groups) for (const m of g.members) state.dup.decisions.set(m.id, m.keeper ? "keep" : "mark");
+    const saved = savedDecisions();
+    for (const g of data.groups) for (const m of g.members)
+      state.dup.decisions.set(m.id, saved[m.id] || (m.keeper ? "keep" : "mark"));
     const what = of ? `copies of ${of.name}` : "duplicates";
     $("#dup-status").textContent = data.groups.length
       ? `${num(data.total_groups)} group(s) of ${what}, ${num(data.images_in_groups)} images (threshold ${t}, ${num(Math.round(data.took_ms))} ms)`
@@ -576,9 +578,28 @@ function renderDuplicates() {
   $("#dup-csv").disabled = $("#dup-json").disabled = !any;
 }
 
+// keep / mark choices survive a reload and a new duplicates run: kept in this browser per
+// collection, by image id (ids are never reused in a collection). Nothing is sent anywhere.
+function decisionsKey() {
+  return `cbir.duplicates.decisions:${(state.collection && state.collection.collection) || ""}`;
+}
+
+function savedDecisions() {
+  try {
+    const d = JSON.parse(localStorage.getItem(decisionsKey()) || "{}");
+    return d && typeof d === "object" ? d : {};
+  } catch { return {}; }
+}
+
+function saveDecision(id, decision) {
+  const d = savedDecisions();
+  d[id] = decision;
+  try { localStorage.setItem(decisionsKey(), JSON.stringify(d)); } catch { /* storage full or off: the choice still holds until reload */ }
+}
+
 function dupCard(m, items, i) {
   const decision = state.dup.decisions.get(m.id);
-  const set = (d) => { state.dup.decisions.set(m.id, d); renderDuplicates(); };
+  const set = (d) => { state.dup.decisions.set(m.id, d); saveDecision(m.id, d); renderDuplicates(); };
   return el("div", { class: `dup-card ${decision}`, "data-id": m.id },
     el("button", { type: "button", class: "open", title: `${m.name} — open`, "aria-label": `open ${m.name}`,
       onclick: () => openViewer(items, i) }, thumb(m.thumbnail_url, m.name)),
