@@ -37,6 +37,9 @@ from cbir.extract.efficientnet import EfficientNetLite0
 from cbir.extract.pipeline import embed_files
 from cbir.io.images import load_image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import timed  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 WANG_TARS = [HERE.parent.parent / "shared/datasets/wang1k.tar",
              Path("/work/shared/datasets/wang1k.tar")]
@@ -68,15 +71,6 @@ def make_large(src: list[Path], out_dir: Path, n: int, size: tuple[int, int]) ->
                 im.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(q, quality=90)
         out.append(q)
     return out
-
-
-def timed(fn: Callable[[], int]) -> dict[str, float]:
-    """Run fn (returns the number of images) -> images, seconds, images/s, cpu seconds."""
-    c0, t0 = time.process_time(), time.perf_counter()
-    n = fn()
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"images": n, "seconds": round(dt, 3), "images_per_s": round(n / dt, 1),
-            "cpu_ms_per_image": round(1000 * cpu / max(n, 1), 2)}
 
 
 def model_only(ex: EfficientNetLite0, batches: list[np.ndarray],

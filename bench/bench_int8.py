@@ -33,26 +33,12 @@ import numpy as np
 from cbir.extract.efficientnet import EfficientNetLite0, EfficientNetLite0Int8, packaged_onnx
 from cbir.io.images import load_image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_flags  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 WANG_TAR = HERE.parents[1] / "shared" / "datasets" / "wang1k.tar"
 CBIR = Path(sys.executable).with_name("cbir")
-
-
-def cpu_flags() -> dict[str, Any]:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        text = ""
-    flags = set()
-    model = ""
-    for line in text.splitlines():
-        if line.startswith("Flags:"):
-            flags = set(line.split(":", 1)[1].split())
-        if line.startswith("Model name:"):
-            model = line.split(":", 1)[1].strip()
-    return {"model": model or platform.processor(), "cores": os.cpu_count(),
-            **{f: f in flags for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni",
-                                        "amx_tile", "amx_int8")}}
 
 
 def ensure_wang(images: Path) -> Path:

@@ -42,23 +42,12 @@ from cbir.index import create_index
 from cbir.io.benchmarks import load_corel5k, load_folder
 from cbir.io.images import load_image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_flags  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "datasets"
 CHUNK = 256
-
-
-def cpu_flags() -> dict[str, Any]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags: set[str] = set()
-    model = ""
-    for line in text.splitlines():
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
-        if line.startswith("model name") and not model:
-            model = line.split(":", 1)[1].strip()
-    return {"model": model, "cores": os.cpu_count(),
-            **{f: f in flags for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16",
-                                        "avx_vnni", "amx_tile", "amx_int8")}}
 
 
 def ensure(root: Path, tar: str, probe: str) -> Path:

@@ -26,11 +26,9 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -40,29 +38,10 @@ from cbir.extract.pipeline import default_infer_workers
 from cbir.indexing import index_paths
 from cbir.io.images import load_image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_flags, timed  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-
-
-def cpu_info() -> dict[str, Any]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags: set[str] = set()
-    model = ""
-    for line in text.splitlines():
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
-        if line.startswith("model name") and not model:
-            model = line.split(":", 1)[1].strip()
-    return {"model": model, "cores": os.cpu_count(),
-            **{f: f in flags for f in ("avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni",
-                                        "amx_tile", "amx_int8")}}
-
-
-def timed(fn: Callable[[], int]) -> dict[str, float]:
-    c0, t0 = time.process_time(), time.perf_counter()
-    n = fn()
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"images": n, "seconds": round(dt, 3), "images_per_s": round(n / dt, 1),
-            "cpu_ms_per_image": round(1000 * cpu / max(n, 1), 2)}
 
 
 def main() -> int:
@@ -159,7 +138,7 @@ def main() -> int:
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     out = {"bench": "pipeline", "command": " ".join(["python", *sys.argv]),
            "images": str(args.images), "n": len(files), "extractor": args.extractor,
-           "runtime": runtime, "batch": args.batch, "repeats": args.repeats, "cpu": cpu_info(),
+           "runtime": runtime, "batch": args.batch, "repeats": args.repeats, "cpu": cpu_flags(),
            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
            "python": platform.python_version(), "results": results, "ratio_b_over_a": ratio}
     args.out.parent.mkdir(parents=True, exist_ok=True)
