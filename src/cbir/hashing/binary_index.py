@@ -232,8 +232,9 @@ class BinaryIndexBase:
             return [(np.empty(0, np.int64), np.empty(0, np.int32)) for _ in range(q.shape[0])]
         return [(self._ids[p], d.astype(np.int32)) for p, d in self._radius(q, r)]
 
-    def save(self, path: Path) -> None:
-        header = {
+    def _header(self, **extra: Any) -> dict[str, Any]:
+        """The saved file's header: format, backend, sizes, params (plus ``extra`` keys)."""
+        return {
             "format": BINARY_FORMAT,
             "binary_format_version": BINARY_FORMAT_VERSION,
             "backend": self.name,
@@ -242,7 +243,11 @@ class BinaryIndexBase:
             "params": self.params,
             "count": len(self),
             "bit_order": "big (np.packbits default)",
+            **extra,
         }
+
+    def save(self, path: Path) -> None:
+        header = self._header()
         # codes go flat (n * code_size,): the container cannot write empty 2-D arrays
         codes = self._all_codes().reshape(-1)
         write_index_file(Path(path), header, [Blob("ids", self._ids), Blob("codes", codes)])

@@ -45,8 +45,6 @@ import numpy as np
 from cbir.errors import IndexMismatch, InvalidRequest
 from cbir.hashing.base import as_codes
 from cbir.hashing.binary_index import (
-    BINARY_FORMAT,
-    BINARY_FORMAT_VERSION,
     BINARY_INDEXES,
     BinaryFlatIndex,
     BinaryIndexBase,
@@ -63,7 +61,7 @@ from cbir.index.base import (
     read_index_file,
     write_index_file,
 )
-from cbir.index.milvus import MARK, REQUEST_BYTES, connect, resolve_uri
+from cbir.index.milvus import MARK, REQUEST_BYTES, connect, resolve_uri, wait_index_built
 
 INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
 #: Milvus's largest limit (topk) per search; a module attribute so tests can lower it
@@ -186,17 +184,7 @@ class MilvusBinaryIndex(BinaryIndexBase):
 
     def wait_index(self, timeout: float = 3600.0) -> None:
         """Block until Milvus has indexed every sealed row (after ``flush``)."""
-        import time
-
-        deadline = time.monotonic() + timeout
-        while True:
-            info = self._client.describe_index(self.collection, "code")
-            if int(info.get("pending_index_rows", 0)) == 0 and \
-                    int(info.get("indexed_rows", 0)) >= int(info.get("total_rows", 0)):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Milvus index not built within {timeout:.0f} s: {info}")
-            time.sleep(0.5)
+        wait_index_built(self._client, self.collection, "code", timeout)
 
     def drop(self) -> None:
         """Delete the Milvus collection (the index is unusable afterwards)."""
@@ -325,19 +313,10 @@ class MilvusBinaryIndex(BinaryIndexBase):
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        header = {
-            "format": BINARY_FORMAT,
-            "binary_format_version": BINARY_FORMAT_VERSION,
-            "backend": self.name,
-            "bits": self.bits,
-            "code_size": self.code_size,
-            "params": self.params,
-            "count": len(self),
-            "bit_order": "big (np.packbits default)",
-            "state": {"milvus_collection": self.collection, "milvus_uri": self.uri,
-                      "schema": {"id": "INT64 primary key (catalog row id)",
-                                 "code": f"BINARY_VECTOR({self.dim}) HAMMING {self.index_type}"}},
-        }
+        header = self._header(state={
+            "milvus_collection": self.collection, "milvus_uri": self.uri,
+            "schema": {"id": "INT64 primary key (catalog row id)",
+                       "code": f"BINARY_VECTOR({self.dim}) HAMMING {self.index_type}"}})
         write_index_file(Path(path), header, [Blob("ids", self._ids)])
 
     @classmethod

@@ -91,6 +91,21 @@ def resolve_uri(uri: str | None) -> str:
     return uri
 
 
+def wait_index_built(client: Any, collection: str, field: str, timeout: float) -> None:
+    """Block until Milvus has indexed every sealed row of ``collection``'s ``field``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        info = client.describe_index(collection, field)
+        if int(info.get("pending_index_rows", 0)) == 0 and \
+                int(info.get("indexed_rows", 0)) >= int(info.get("total_rows", 0)):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Milvus index not built within {timeout:.0f} s: {info}")
+        time.sleep(0.5)
+
+
 def connect(uri: str, timeout: float = 10.0) -> Any:
     """A pymilvus MilvusClient for ``uri`` (token from the environment); BackendUnavailable if unreachable."""
     from cbir.extras import require
@@ -245,17 +260,7 @@ class MilvusIndex(IndexBase):
 
     def wait_index(self, timeout: float = 3600.0) -> None:
         """Block until Milvus has indexed every sealed row (after ``flush``)."""
-        import time
-
-        deadline = time.monotonic() + timeout
-        while True:
-            info = self._client.describe_index(self.collection, "vector")
-            if int(info.get("pending_index_rows", 0)) == 0 and \
-                    int(info.get("indexed_rows", 0)) >= int(info.get("total_rows", 0)):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Milvus index not built within {timeout:.0f} s: {info}")
-            time.sleep(0.5)
+        wait_index_built(self._client, self.collection, "vector", timeout)
 
     def drop(self) -> None:
         """Delete the Milvus collection (the index is unusable afterwards)."""
