@@ -36,7 +36,10 @@ from cbir.store.manifest import MANIFEST_NAME, write_json_atomic
 
 AUTO = "auto"
 #: backends the collection builds with ``dtype="float16"`` vectors (see ``_index_params``)
-FLOAT16_INDEXES = frozenset({"exact", "ivf", "hnsw"})
+FLOAT16_INDEXES = frozenset({"exact", "ivf"})
+#: how a new HNSW index keeps its vectors: 8-bit codes whose candidates are re-scored exactly
+#: from the catalog's float16 features (docs/storage.md "An 8-bit HNSW index")
+HNSW_DTYPE = "int8"
 
 #: catalog meta key naming the trained model whose classes partition the index (`cbir models use`);
 #: written and read by :mod:`cbir.train.apply`, which is also the partition provider (below)
@@ -265,12 +268,14 @@ class Collection:
             idx = None  # another Milvus server now (--milvus-uri): fill a new collection there
         if idx is not None and state and state.kind == target and state.generation == generation \
                 and len(idx) == n:
+            self._attach_source(idx)
             self._index, self._index_generation = idx, generation
             return idx
         changed = False
         if idx is None or idx.dim != self.manifest.dim:
             idx = create_index(target, self.manifest.dim, **self._index_params(target, n))
             changed = True
+        self._attach_source(idx)
         changed |= self._sync(idx)
         if persist and not self.readonly and (changed or not state or state.generation != generation
                         or state.kind != target):
@@ -281,10 +286,23 @@ class Collection:
     def _index_params(self, kind: str, n: int) -> dict[str, Any]:
         # the catalog keeps float16 features, so a float16 index holds exactly the same
         # values in half the bytes (2,560 instead of 5,120 B per 1280-d image; less RAM for
-        # `cbir serve`, fewer pages for a cold search)
+        # `cbir serve`, fewer pages for a cold search); HNSW keeps 8-bit codes (1,280 B) and
+        # re-scores its candidates from the catalog (``_attach_source``)
         if kind == "milvus":
             return {"uri": self.milvus_uri(), "collection": self._milvus_collection()}
+        if kind == "hnsw":
+            return {"dtype": HNSW_DTYPE}
         return {"dtype": "float16"} if kind in FLOAT16_INDEXES else {}
+
+    def _attach_source(self, idx: VectorIndex) -> None:
+        """Give an index that keeps approximate vectors the catalog's exact ones (by id)."""
+        use = getattr(idx, "use_vector_source", None)
+        if use is not None:
+            use(self.vector_source)
+
+    def vector_source(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids found, float32 features) of these 'ok' images: what re-scoring reads."""
+        return self.catalog.features(ids)
 
     # -- Milvus (--index-type milvus) ----------------------------------------------------------
     def milvus_uri(self) -> str | None:

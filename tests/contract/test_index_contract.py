@@ -8,6 +8,10 @@ without an entry runs with defaults and must reach DEFAULT_RECALL.
 Approximate results are compared with exact brute force on clustered gaussian data,
 tie-tolerantly: a returned id counts as a hit when its true inner product is at least
 the true k-th best score minus 1e-5 (the idea of faiss contrib/evaluation.py).
+
+A backend that keeps approximate vectors and re-scores from a ``VectorSource`` (``hnsw`` with
+``dtype="int8"``) runs with ``Case.source``: a ``RecordingSource`` holds every vector the test
+added, as a collection's catalog does, so the same exact-score contract applies.
 """
 
 from __future__ import annotations
@@ -71,13 +75,58 @@ class Case:
     search_kw: Kw = _none
     min_recall: float = DEFAULT_RECALL
     variant: str = ""
+    #: attach a RecordingSource (the backend re-scores from exact vectors it does not keep)
+    source: bool = False
 
     def make(self, dim: int = DIM) -> VectorIndex:
-        return create_index(self.name, dim, **self.params)
+        index = create_index(self.name, dim, **self.params)
+        if self.source:
+            src = RecordingSource()
+            add = index.add
+
+            def recording_add(ids: Any, vectors: Any, **kw: Any) -> None:
+                # in the source first, as a catalog commits rows before the index syncs them
+                before = dict(src.vectors)
+                src.record(ids, vectors)
+                try:
+                    add(ids, vectors, **kw)
+                except Exception:
+                    src.vectors = before
+                    raise
+
+            index.add = recording_add  # type: ignore[method-assign]
+            index.use_vector_source(src)  # type: ignore[attr-defined]
+            index.test_source = src  # type: ignore[attr-defined]
+        return index
+
+    def adopt(self, loaded: VectorIndex, original: VectorIndex) -> VectorIndex:
+        """A loaded copy of ``original`` reads the same source."""
+        if self.source:
+            loaded.use_vector_source(original.test_source)  # type: ignore[attr-defined]
+        return loaded
 
     @property
     def id(self) -> str:
         return self.name + (f"[{self.variant}]" if self.variant else "")
+
+
+class RecordingSource:
+    """Exact vectors by id, as the test added them: what a collection's catalog is to an index."""
+
+    def __init__(self) -> None:
+        self.vectors: dict[int, np.ndarray] = {}
+
+    def record(self, ids: Any, vectors: Any) -> None:
+        ids, vectors = np.asarray(ids).reshape(-1), np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim == 2 and len(ids) == len(vectors):  # else add() refuses it
+            for i, v in zip(ids.tolist(), vectors, strict=True):
+                self.vectors[int(i)] = v.copy()
+
+    def __call__(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        known = [int(i) for i in ids if int(i) in self.vectors]
+        dim = next(iter(self.vectors.values())).shape[0] if self.vectors else 0
+        return (np.array(known, dtype=np.int64),
+                np.array([self.vectors[i] for i in known], dtype=np.float32).reshape(len(known), dim))
 
 
 #: test-sized settings per backend; "variants" add extra cases for the same backend
@@ -90,7 +139,12 @@ CASES: dict[str, list[Case]] = {
              min_recall=0.9,
              variant="pq+refine"),
     ],
-    "hnsw": [Case("hnsw", {"M": 16, "ef_construction": 40, "ef_search": 64}, min_recall=0.95)],
+    "hnsw": [
+        Case("hnsw", {"M": 16, "ef_construction": 40, "ef_search": 64}, min_recall=0.95),
+        # 8-bit codes walked, candidates re-scored from the exact vectors
+        Case("hnsw", {"M": 16, "ef_construction": 40, "ef_search": 64, "dtype": "int8"},
+             min_recall=0.95, variant="int8", source=True),
+    ],
     "class-partitioned": [
         Case("class-partitioned", add_kw=_classes, search_kw=_all_partitions, min_recall=1.0)
     ],
@@ -238,7 +292,8 @@ def test_save_load_round_trip(case: Case, small, tmp_path: Path) -> None:
     index.save(path)
     assert [p.name for p in path.parent.iterdir()] == ["index.cbir"], "no temp files left"
     assert path.read_bytes().startswith(MAGIC)
-    for loaded in (load_index(path), type(index).load(path)):
+    for loaded in (load_index(path), type(index).load(path), load_index(path, mmap=True)):
+        loaded = case.adopt(loaded, index)
         assert type(loaded) is type(index) and loaded.dim == DIM
         assert loaded.params == index.params
         np.testing.assert_array_equal(loaded.ids(), index.ids())
@@ -498,3 +553,49 @@ def test_load_rejects_foreign_and_future_files(tmp_path: Path) -> None:
         INDEXES.get("hnsw").load(good)
     with pytest.raises(InvalidRequest, match="no such index file"):
         load_index(tmp_path / "missing.cbir")
+
+
+def test_hnsw_int8_without_source_scores_approximately(small) -> None:
+    ids, x = small
+    index = create_index("hnsw", DIM, M=16, ef_construction=40, dtype="int8")
+    index.add(ids, x)
+    assert not index.exact_scores
+    scores, found = index.search(x[:50], 5)
+    row_of = {int(i): r for r, i in enumerate(ids)}
+    true = np.einsum("qd,qkd->qk", x[:50], x[[[row_of[int(i)] for i in r] for r in found]])
+    err = np.abs(scores - true)
+    assert err.max() < 0.02 and err.max() > 1e-6, "8-bit scores: close, but not the exact ones"
+    index.use_vector_source(RecordingSource())  # a source that knows nothing drops every hit
+    assert index.exact_scores
+    _, found = index.search(x[:5], 5)
+    assert (found == -1).all()
+
+
+def test_hnsw_int8_retrains_ranges_trained_on_a_few_vectors(small) -> None:
+    """The first add of 10 vectors sets the 8-bit ranges; growing 4x trains them again from the
+    source's exact vectors, so a collection started small is not stuck with clipped ranges."""
+    ids, x = small
+    case = Case("hnsw", {"M": 16, "ef_construction": 40, "dtype": "int8"}, source=True)
+    index = case.make()
+    index.add(ids[:10], x[:10] * 0.2)  # narrow ranges: later vectors would clip
+    assert index._state()["trained_on"] == 10
+    index.add(ids[10:], x[10:])
+    assert index._state()["trained_on"] == len(ids)
+    index.use_vector_source(None)  # the 8-bit scores alone are now close to the truth
+    scores, found = index.search(x[100:150], 1)
+    assert np.mean(found[:, 0] == ids[100:150]) >= 0.95
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=0.02)
+
+
+def test_hnsw_int8_compaction_keeps_ranges_and_ids(small) -> None:
+    ids, x = small
+    case = Case("hnsw", {"M": 16, "ef_construction": 40, "dtype": "int8", "max_tombstones": 0.2},
+                source=True)
+    index = case.make()
+    index.add(ids, x)
+    index.remove(ids[:500])  # 25 % > 20 %: the graph is rebuilt without them
+    assert index.n_tombstones == 0 and index._state()["trained_on"] == len(ids)
+    scores, found = index.search(x[500:550], 3)
+    assert (found[:, 0] == ids[500:550]).all()
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert not np.isin(found, ids[:500]).any()

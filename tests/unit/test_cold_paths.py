@@ -231,6 +231,39 @@ def test_collection_maps_a_current_index_and_syncs_a_stale_one(tmp_path, capsys)
     assert json.loads(capsys.readouterr().out)["hits"][0]["path"] != "/i5"
 
 
+def test_collection_hnsw_keeps_8_bit_codes_and_returns_exact_scores(tmp_path):
+    """A collection's HNSW index walks 8-bit codes and re-scores its candidates from the
+    catalog: scores equal the exact search's (which reads the same float16 features), removed
+    rows never come back, and the mapped index, once changed, still re-scores."""
+    c = tmp_path / "col"
+    with Collection.create_or_open(c, "colorhist") as col, col.writer_lock():
+        dim = col.manifest.dim
+        x = np.abs(unit_f16(600, dim, seed=3))  # non-negative, as colour histograms are
+        col.catalog.commit_batch([ImageRecord(path=f"/i{i}", size=1, mtime_ns=1, sha256=f"s{i}",
+                                              feature=x[i] / np.linalg.norm(x[i])) for i in range(600)])
+        col.set_requested_index("hnsw")
+        idx = col.index()
+        assert idx.name == "hnsw" and idx.params["dtype"] == "int8" and idx.exact_scores
+        exact = col.index("exact", persist=False)
+        _, q = col.catalog.features(col.catalog.ok_ids()[:30])
+        s_h, i_h = idx.search(q, 5)
+        s_e, i_e = exact.search(q, 5)
+        np.testing.assert_allclose(s_h, s_e, atol=1e-6)
+        assert np.mean(i_h == i_e) >= 0.95
+    with Collection.open(c) as col:
+        idx = col.index()
+        assert idx.mapped and idx.exact_scores
+        gone = col.catalog.ok_ids()[:10]
+        col.catalog.commit_batch([], remove_paths=[f"/i{i}" for i in range(10)])
+        idx = col.index()  # synced: copied into memory, still re-scored from the catalog
+        assert not idx.mapped and idx.exact_scores
+        s, i = idx.search(q, 5)
+        assert not np.isin(i, gone).any()
+        got, f = col.catalog.features(i[:, 0])
+        f = f[[list(got).index(j) for j in i[:, 0]]]  # (features() answers in its own order)
+        np.testing.assert_allclose(s[:, 0], np.einsum("qd,qd->q", q, f), atol=1e-6)
+
+
 def test_verify_quick_names_an_index_that_lies_about_being_current(tmp_path, capsys):
     c = tmp_path / "col"
     with Collection.create_or_open(c, "colorhist") as col, col.writer_lock():

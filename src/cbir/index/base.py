@@ -31,7 +31,7 @@ import json
 import math
 import mmap as _mmap
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,10 @@ MAGIC = b"CBIRIDX\n"
 #: keyword hints every backend accepts and may ignore, so a caller can always pass them
 SHARED_ADD_HINTS = frozenset({"classes"})
 SHARED_SEARCH_HINTS = frozenset({"query_probs"})
+#: exact vectors by id, for backends that keep only approximate ones (``hnsw`` with
+#: ``dtype="int8"``): ``source(ids)`` -> (ids found, float32 (n, dim) vectors); ids it does not
+#: know are left out. A collection passes its catalog's float16 features (``Catalog.features``).
+VectorSource = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @runtime_checkable
@@ -202,6 +206,31 @@ def top_k(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, n
     return pad_result(
         np.take_along_axis(scores, order, axis=1), np.take_along_axis(labels, order, axis=1), k
     )
+
+
+def rescore(q: np.ndarray, cand: np.ndarray, source: VectorSource, k: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of candidate ids (nq, m) by inner product with the vectors ``source`` gives.
+
+    One ``source`` call for the batch's distinct ids; a candidate it does not know (removed
+    meanwhile, or a damaged row) is dropped (id -1, score -inf).
+    """
+    valid = cand >= 0
+    uniq = np.unique(cand[valid])
+    got, vecs = source(uniq) if uniq.size else (np.empty(0, np.int64), np.empty((0, q.shape[1])))
+    got = np.asarray(got, dtype=np.int64)
+    order = np.argsort(got, kind="stable")
+    got, vecs = got[order], np.asarray(vecs, dtype=np.float32)[order]
+    scores = np.full(cand.shape, -np.inf, dtype=np.float32)
+    if got.size:
+        pos = np.searchsorted(got, cand.clip(min=0)).clip(max=got.size - 1)
+        known = valid & (got[pos] == cand)
+        rows = np.nonzero(known)[0]
+        scores[known] = np.einsum("ij,ij->i", vecs[pos[known]], q[rows])
+        cand = np.where(known, cand, -1)
+    else:
+        cand = np.full(cand.shape, -1, dtype=np.int64)
+    return top_k(scores, cand, k)
 
 
 def isin_sorted(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -448,6 +477,8 @@ class IndexBase:
     """
 
     name: ClassVar[str] = ""
+    #: scores are exact inner products with the stored vectors (see ``VectorSource``)
+    exact_scores: bool = True
     _add_kw: ClassVar[frozenset[str]] = frozenset()
     _search_kw: ClassVar[frozenset[str]] = frozenset()
 
@@ -596,6 +627,17 @@ def check_positive_int(value: Any, what: str, allow_none: bool = False) -> int |
 #: FAISS's fp16 scalar quantizer). The catalog stores float16 features, so for a collection
 #: float16 loses nothing: the index holds exactly the values the catalog has.
 VECTOR_DTYPES = ("float32", "float16")
+
+
+def check_k_factor(value: Any) -> float:
+    """Validate a re-scoring depth (candidates re-scored per result): a number >= 1."""
+    try:
+        k_factor = float(value)
+    except (TypeError, ValueError):
+        k_factor = float("nan")
+    if not k_factor >= 1.0:
+        raise InvalidRequest(f"k_factor must be a number >= 1; got {value!r}")
+    return k_factor
 
 
 def check_dtype(value: Any) -> str:

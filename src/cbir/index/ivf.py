@@ -36,6 +36,7 @@ from cbir.index.base import (
     IndexBase,
     auto_nlist,
     check_dtype,
+    check_k_factor,
     check_positive_int,
     chunked,
     flat_vectors,
@@ -81,7 +82,7 @@ class IVFIndex(IndexBase):
         if not 1 <= self.pq_nbits <= 16:
             raise InvalidRequest(f"pq_nbits must be in 1..16; got {pq_nbits}")
         self.refine = bool(refine)
-        self.k_factor = _check_k_factor(k_factor)
+        self.k_factor = check_k_factor(k_factor)
         self.min_points_per_list = check_positive_int(min_points_per_list, "min_points_per_list")
         self.train_points_per_list = max(
             self.min_points_per_list,
@@ -238,7 +239,7 @@ class IVFIndex(IndexBase):
         k_factor = kw.get("k_factor")
         return {
             "nprobe": self.nprobe if nprobe is None else check_positive_int(nprobe, "nprobe"),
-            "k_factor": self.k_factor if k_factor is None else _check_k_factor(k_factor),
+            "k_factor": self.k_factor if k_factor is None else check_k_factor(k_factor),
         }
 
     def _search(self, q: np.ndarray, k: int, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -273,13 +274,3 @@ class IVFIndex(IndexBase):
         self._flat = blobs.get("flat")
         self._ivf = blobs.get("ivf")
         self._trained_nlist = int(state.get("trained_nlist", 0))
-
-
-def _check_k_factor(value: Any) -> float:
-    try:
-        k_factor = float(value)
-    except (TypeError, ValueError):
-        k_factor = float("nan")
-    if not k_factor >= 1.0:
-        raise InvalidRequest(f"k_factor must be a number >= 1; got {value!r}")
-    return k_factor

@@ -270,11 +270,20 @@ class IndexCache:
         if snap is None:
             self.full_builds += 1
             base = builder.index(kind)
+            use = getattr(base, "use_vector_source", None)
+            if use is not None:  # re-scoring reads features in the searching thread's connection
+                use(self._thread_features)
             ids = base.ids()
             snap = _Snapshot(base, generation, time.monotonic(), base, int(ids[-1]) if len(ids) else 0)
         snap.generation = generation
         self._snaps[key] = snap
         return snap
+
+    def _thread_features(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        reader = self.readers.get()
+        if reader is None:
+            raise CollectionError("the collection is gone")
+        return reader.vector_source(ids)
 
     def _incremental(self, builder: ReaderCollection, snap: _Snapshot, kind: str | None) -> _Snapshot | None:
         """``snap`` plus the rows committed since; None when a new base index is needed."""
