@@ -28,7 +28,7 @@ from cbir.errors import InvalidImage
 from cbir.extract.base import top_labels
 from cbir.extract.pipeline import embed_files
 from cbir.io.files import DEFAULT_MAX_BYTES, FoundFile, SkippedFile, iter_files
-from cbir.io.metadata import PhotoMeta, meta_from_bytes, meta_from_image, read_meta
+from cbir.io.metadata import PhotoMeta, meta_of, read_meta
 from cbir.io.saferead import read_file
 from cbir.io.tags import SidecarNames, read_tags
 from cbir.store import ImageRecord, photometa
@@ -211,7 +211,6 @@ def index_paths(
         pending: list[ImageRecord] = []
         last_commit = time.monotonic()
 
-        metas: dict[int, Any] = {}  # key -> PhotoMeta, read from the bytes already in memory
         pending_meta: list[Any] = []  # aligned with pending: PhotoMeta or None
 
         def flush() -> None:
@@ -237,10 +236,12 @@ def index_paths(
 
         sidecars = SidecarNames()
 
-        def tags_of(key: int, _path: Path, data: bytes, image: Any) -> list[str]:
+        def tags_and_meta(key: int, _path: Path, data: bytes, image: Any) -> tuple[list[str], PhotoMeta]:
+            # (tags, photo metadata) from the bytes already in memory; the Ray engine's workers
+            # return the same pair in their result rows (cbir.extract.ray_engine)
             path = todo[key].path
-            metas[key] = meta_from_image(image) if image is not None else meta_from_bytes(data)
-            return read_tags(path, image=image, data=data, siblings=sidecars(path.parent))
+            return (read_tags(path, image=image, data=data, siblings=sidecars(path.parent)),
+                    meta_of(data, image))
 
         run_hashes: set[str] = set()  # contents embedded in this run, not yet committed
 
@@ -259,7 +260,7 @@ def index_paths(
                                       known_hashes=hashes, max_bytes=max_bytes, options=ray_options)
         else:
             results = embed_files(items, extractor, batch_size=batch_size, regions=regions,
-                                  read_hook=known_content, reader=read, inspect=tags_of)
+                                  read_hook=known_content, reader=read, inspect=tags_and_meta)
         try:
             for res in _in_key_order(results):
                 f = todo[res.key]
@@ -295,14 +296,15 @@ def index_paths(
                             int(np.argmax(res.probs))
                         rec.class_probs = res.probs
                     rec.regions = res.regions if regions else None
+                tags, meta = res.extra if isinstance(res.extra, tuple) else ([], None)
                 if rec.status == "ok":
-                    rec.tags = res.extra if isinstance(res.extra, list) else []
+                    rec.tags = tags
                     if path in known_states:
                         report.updated += 1
                     else:
                         report.added += 1
                 pending.append(rec)
-                pending_meta.append(metas.pop(res.key, None) if rec.status == "ok" else None)
+                pending_meta.append(meta if rec.status == "ok" else None)
                 done += 1
                 report.processed += 1
                 if bar is not None:

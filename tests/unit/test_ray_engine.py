@@ -130,6 +130,76 @@ def test_ray_engine_matches_local_and_resumes(ray_cluster, photos: Path, tmp_pat
     assert (third.processed, third.added, third.unchanged) == (0, 0, N_GOOD + 2)
 
 
+def _photo_meta(col_dir: Path) -> dict[str, tuple]:
+    """file name -> (width, height, stored photo metadata) of every ok catalog row."""
+    from cbir.store import photometa
+
+    with Collection.open(col_dir) as col:
+        return {Path(rec.path).name: (rec.width, rec.height, photometa.get(col.catalog, rec.id))
+                for rec in col.catalog.iter_records() if rec.status == "ok"}
+
+
+@needs_ray
+def test_ray_workers_read_the_photo_metadata(ray_cluster, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """EXIF date, camera, GPS and size come back in the Ray result rows, equal to the local
+    engine's, and the driver opens no photo (no second header read after the embedding)."""
+    import builtins
+    import os
+
+    import cbir.indexing
+    import cbir.io.saferead
+    from photo_meta import exif_photo
+
+    d = tmp_path / "exif"
+    exif_photo(d / "a.jpg", seed=1, size=(96, 64), date="2019:05:01 10:11:12", make="Canon",
+               model="Canon EOS 5D Mark IV", gps=True)
+    exif_photo(d / "b.jpg", seed=2, size=(64, 96), date="2021:12:24 18:00:00", make="NIKON")
+    exif_photo(d / "c.jpg", seed=3)  # no EXIF at all
+    shutil.copy(d / "a.jpg", d / "a_copy.jpg")  # content already embedded: reused, still has meta
+    local = _index(tmp_path / "local", d, "local", batch_size=2)
+
+    # from the end of the planning walk (which opens each file once, without reading, to test
+    # that it is readable) on, any open of a photo in this process is a second read
+    opened: list[str] = []
+    planned = threading.Event()
+    photo_dir = os.fspath(d)
+
+    def counting(real):
+        def wrapper(path, *a, **kw):
+            if planned.is_set() and isinstance(path, (str, os.PathLike)) \
+                    and os.fspath(path).startswith(photo_dir) and os.fspath(path).endswith(".jpg"):
+                opened.append(os.fspath(path))
+            return real(path, *a, **kw)
+        return wrapper
+
+    def plan_then_count(*a, **kw):
+        try:
+            return real_plan(*a, **kw)
+        finally:
+            planned.set()
+
+    real_plan = cbir.indexing.plan
+    monkeypatch.setattr(cbir.indexing, "plan", plan_then_count)
+    monkeypatch.setattr(os, "open", counting(os.open))
+    monkeypatch.setattr(builtins, "open", counting(builtins.open))
+    monkeypatch.setattr(cbir.io.saferead, "open_file", counting(cbir.io.saferead.open_file))
+    monkeypatch.setattr(cbir.indexing, "read_meta", counting(cbir.indexing.read_meta))
+    remote = _index(tmp_path / "ray", d, "ray", batch_size=2)
+    monkeypatch.undo()
+
+    assert (remote.added, remote.failed, remote.metadata_read) == (4, [], 0)
+    assert local.metadata_read == 0
+    assert planned.is_set() and opened == []  # the workers read the files, not the driver
+    want = _photo_meta(tmp_path / "local")
+    assert _photo_meta(tmp_path / "ray") == want
+    assert want["a.jpg"] == (96, 64, {"taken_at": "2019-05-01T10:11:12", "make": "Canon",
+                                      "model": "Canon EOS 5D Mark IV", "gps": True})
+    assert want["a_copy.jpg"] == want["a.jpg"]
+    assert want["b.jpg"][2]["make"] == "NIKON" and want["b.jpg"][:2] == (64, 96)
+    assert want["c.jpg"][2] == {"taken_at": None, "make": None, "model": None, "gps": False}
+
+
 @needs_ray
 def test_cli_engine_ray(ray_cluster, photos: Path, tmp_path: Path, capsys) -> None:
     from cbir.cli import main

@@ -11,7 +11,9 @@ files and commits the results to the SQLite catalog exactly as with the local pi
 Read tasks open each file through :mod:`cbir.io.saferead` (no link followed, no FIFO or device
 opened, size limit, the walk's identity checked), as the local reader does. Actors run the
 local pipeline's own per-file code (:func:`embed_files` over their batch: hash, skip content
-already indexed, embedded tags, decode, preprocess, embed), so features are the local ones.
+already indexed, embedded tags, photo metadata, decode, preprocess, embed), so features are the
+local ones, and each result row carries the tags and photo metadata (EXIF date, camera, GPS,
+displayed size) the driver stores with its batch: the driver never opens the photos.
 
 Fractional CPUs: an actor holds its CPU reservation for its whole life, so actors at
 ``num_cpus=1`` filling a node leave the read tasks no CPU to be scheduled on and the pipeline
@@ -143,6 +145,7 @@ class _Embedder:
         return not (i < len(k) and k[i] == digest.rstrip(b"\0"))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from cbir.io.metadata import meta_of
         from cbir.io.tags import read_tags
 
         keys = [int(k) for k in batch["key"]]
@@ -154,13 +157,15 @@ class _Embedder:
                 raise InvalidImage(str(path), str(error))
             return bytes(data)
 
-        def tags_of(_key: int, path: Path, data: bytes, image: Any) -> list[str]:
-            return read_tags(path, image=image, data=data)
+        def tags_and_meta(_key: int, path: Path, data: bytes, image: Any) -> tuple[list[str], Any]:
+            # the local indexer's pair: (tags, photo metadata) from the bytes read here, so
+            # the driver stores both with the batch and never reads the file again
+            return read_tags(path, image=image, data=data), meta_of(data, image)
 
         items = [(k, Path(str(p))) for k, p in zip(keys, batch["path"], strict=True)]
         results = {r.key: r for r in embed_files(
             items, self.ext, batch_size=max(1, len(items)), decode_workers=1, infer_workers=1,
-            regions=self.regions, read_hook=self._new_content, reader=reader, inspect=tags_of)}
+            regions=self.regions, read_hook=self._new_content, reader=reader, inspect=tags_and_meta)}
         return _to_columns([results[k] for k in keys], self.ext, self.regions)
 
 
@@ -190,7 +195,8 @@ def _to_columns(results: list[ItemResult[int]], ext: FeatureExtractor, regions: 
         "skipped": np.array([r.skipped for r in results], bool),
         "ok": np.array([r.features is not None for r in results], bool),
         "has_probs": np.array([r.probs is not None for r in results], bool),
-        "extra": np.array([json.dumps(r.extra) for r in results], dtype=object),
+        "tags": np.array([json.dumps(_tags(r.extra)) for r in results], dtype=object),
+        "meta": np.array([json.dumps(_meta(r.extra)) for r in results], dtype=object),
         "features": feats,
     }
     if probs is not None:
@@ -200,7 +206,28 @@ def _to_columns(results: list[ItemResult[int]], ext: FeatureExtractor, regions: 
     return out
 
 
+def _tags(extra: Any) -> list[str] | None:
+    return list(extra[0]) if isinstance(extra, tuple) else None
+
+
+def _meta(extra: Any) -> dict[str, Any] | None:
+    return extra[1].to_dict() if isinstance(extra, tuple) and extra[1] is not None else None
+
+
 # -- driver -------------------------------------------------------------------------------
+def _extra(tags_json: Any, meta_json: Any) -> tuple[list[str], Any] | None:
+    """A row's tags and metadata -> the local indexer's ``(tags, PhotoMeta)`` (None: unread)."""
+    from cbir.io.metadata import PhotoMeta
+
+    try:
+        tags, meta = json.loads(str(tags_json)), json.loads(str(meta_json))
+    except ValueError:
+        return None
+    if tags is None:
+        return None
+    return list(tags), PhotoMeta.from_dict(meta) if isinstance(meta, dict) else None
+
+
 def _results(batch: dict[str, np.ndarray], files: Sequence[FoundFile]) -> Iterator[ItemResult[int]]:
     """One columnar batch streamed back -> ItemResults (arrays copied out of Ray's buffers)."""
     probs = batch.get("probs")
@@ -208,10 +235,7 @@ def _results(batch: dict[str, np.ndarray], files: Sequence[FoundFile]) -> Iterat
     for i, key in enumerate(batch["key"]):
         k = int(key)
         ok = bool(batch["ok"][i])
-        try:
-            extra = json.loads(str(batch["extra"][i]))
-        except ValueError:
-            extra = None
+        extra = _extra(batch["tags"][i], batch["meta"][i])
         yield ItemResult(
             key=k, path=files[k].path, sha256=str(batch["sha256"][i]) or None,
             size=int(batch["size"][i]), width=int(batch["width"][i]),

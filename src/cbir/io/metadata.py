@@ -36,6 +36,12 @@ class PhotoMeta:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PhotoMeta:
+        """The inverse of :meth:`to_dict` (a Ray worker's result row -> the driver's value)."""
+        return cls(taken_at=d.get("taken_at"), make=d.get("make"), model=d.get("model"),
+                   gps=bool(d.get("gps")))
+
 
 def _clean(text: Any) -> str | None:
     if isinstance(text, bytes):
@@ -76,6 +82,12 @@ def meta_from_bytes(data: bytes) -> PhotoMeta:
             return meta_from_image(im)
     except Exception:  # noqa: BLE001 - metadata is optional; a bad header just has none
         return out
+
+
+def meta_of(data: bytes, image: Any = None) -> PhotoMeta:
+    """The metadata of a file being indexed: from ``image`` (the bytes opened once by Pillow,
+    header parsed) when there is one, else from the bytes (a camera RAW, a bad header)."""
+    return meta_from_image(image) if image is not None else meta_from_bytes(data)
 
 
 def meta_from_image(im: Any) -> PhotoMeta:
