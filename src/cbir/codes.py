@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from cbir.collection import Collection
+from cbir.collection import MILVUS_COLLECTION_KEY, Collection
 from cbir.errors import IndexMismatch, InvalidRequest
 from cbir.search import Hit, Query, build_hits
 
@@ -214,7 +214,7 @@ def list_hashers(col: Collection) -> list[dict[str, Any]]:
             continue
         row = {"name": name, "method": head.get("name"), "bits": head.get("bits"),
                "images_with_codes": n, "file_bytes": cur.path.stat().st_size,
-               "generation": cur.generation}
+               "generation": cur.generation, **codes_location(col, name, cur.generation)}
         problems = code_problems(col, name)
         if problems:
             row["error"] = "; ".join(problems)
@@ -526,11 +526,40 @@ def milvus_stub_path(col: Collection, name: str, generation: int) -> Path:
     return generation_path(col, name, generation).with_suffix(MILVUS_SUFFIX)
 
 
-def _milvus_collection_name(col: Collection, name: str, generation: int) -> str:
+def codes_location(col: Collection, name: str, generation: int) -> dict[str, Any]:
+    """Where ``cbir search --codes NAME`` searches the codes of that generation, for ``cbir hash
+    list``: ``{"search_index": "binary-flat"}`` (in memory) on a FAISS collection; on a Milvus
+    one ``"milvus"``, the server (``milvus_uri``, without credentials), the Milvus collection
+    (``milvus_collection``) and the codes it held at its last sync (``milvus_codes``; 0: not
+    there yet, the next search puts them there). From the local files only: no round trip."""
+    from cbir.index.base import read_index_header
+    from cbir.index.milvus import public_uri
+
+    if not uses_milvus(col):
+        return {"search_index": "binary-flat"}
+    uri = col.milvus_uri()
+    base = col.catalog.get_meta(MILVUS_COLLECTION_KEY)  # (read, never made here: a listing writes nothing)
+    out: dict[str, Any] = {
+        "search_index": "milvus", "milvus_uri": public_uri(uri),
+        "milvus_collection": _milvus_collection_name(col, name, generation, base) if base else None,
+        "milvus_codes": 0}
+    try:
+        header = read_index_header(milvus_stub_path(col, name, generation))
+    except (OSError, IndexMismatch, InvalidRequest):
+        return out  # not synced yet (or an unreadable stub: rebuilt by the next search)
+    params = header.get("params", {})
+    if header.get("backend") == "milvus" and params.get("uri") == uri:
+        out["milvus_collection"] = params.get("collection")
+        out["milvus_codes"] = int(header.get("count", 0))
+    return out
+
+
+def _milvus_collection_name(col: Collection, name: str, generation: int,
+                            base: str | None = None) -> str:
     """``<the collection's Milvus name>_bin_<hash of the hasher name>_g<N>``: fixed, so a run
     killed before its stub was written leaves nothing that the next one does not replace."""
     tag = hashlib.sha256(name.encode()).hexdigest()[:12]
-    return f"{col._milvus_collection()}_bin_{tag}_g{int(generation)}"
+    return f"{base or col._milvus_collection()}_bin_{tag}_g{int(generation)}"
 
 
 def _load_milvus_stub(path: Path, uri: str | None, bits: int) -> Any:

@@ -17,6 +17,7 @@ from PIL import Image
 from cbir.cli import main
 from cbir.index import load_index
 from cbir.index.base import read_index_header
+from cbir.index.milvus import public_uri
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -114,6 +115,19 @@ def test_hash_codes_on_milvus_equal_faiss(tmp_path, capsys, milvus_uri) -> None:
     params = header_of(stubs[0])["params"]
     client = MilvusClient(uri=milvus_uri)
     assert client.has_collection(params["collection"])
+    # `hash list` says where the codes are searched: the Milvus collection on that server
+    listed = {}
+    for c in (faiss_c, milvus_c):
+        code, out, _ = run(capsys, "-c", c, "hash", "list", "--json")
+        assert code == 0
+        listed[c] = json.loads(out)[0]
+    assert listed[faiss_c]["search_index"] == "binary-flat" and "milvus_uri" not in listed[faiss_c]
+    assert {k: v for k, v in listed[milvus_c].items() if k.startswith(("search", "milvus"))} == {
+        "search_index": "milvus", "milvus_uri": milvus_uri,
+        "milvus_collection": params["collection"], "milvus_codes": 40}
+    code, out, _ = run(capsys, "-c", milvus_c, "hash", "list")
+    assert code == 0 and f"milvus_collection={params['collection']}" in out \
+        and f"milvus_uri={milvus_uri}" in out
 
     def hits(c: str, q: Path, *extra: str) -> list[tuple[str, int]]:
         code, out, err = run(capsys, "-c", c, "search", "--like", str(q), "--include-self",
@@ -137,3 +151,11 @@ def test_hash_codes_on_milvus_equal_faiss(tmp_path, capsys, milvus_uri) -> None:
     assert run(capsys, "-c", milvus_c, "hash", "delete", "h")[0] == 0
     assert not client.has_collection(params["collection"])
     client.close()
+
+
+def test_public_uri_hides_credentials() -> None:
+    """What `cbir hash list` shows of a Milvus URI: no user:password, no query (?token=...)."""
+    assert public_uri("http://root:Milvus@db.example:19530/x?token=abc#f") == "http://db.example:19530/x"
+    assert public_uri("https://[::1]:443") == "https://[::1]:443"
+    assert public_uri("http://127.0.0.1:19530") == "http://127.0.0.1:19530"
+    assert public_uri(None) is None

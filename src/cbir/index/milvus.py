@@ -91,6 +91,24 @@ def resolve_uri(uri: str | None) -> str:
     return uri
 
 
+def public_uri(uri: str | None) -> str | None:
+    """``uri`` to show (``cbir hash list``, logs): without a ``user:password@`` part or a query
+    string (``?token=...``), the places a credential can hide in a URI."""
+    if not uri:
+        return uri
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+    except ValueError:
+        return "(unparsable URI)"
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    netloc = host + (f":{parts.port}" if parts.port else "") if parts.netloc else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def wait_index_built(client: Any, collection: str, field: str, timeout: float) -> None:
     """Block until Milvus has indexed every sealed row of ``collection``'s ``field``."""
     import time
