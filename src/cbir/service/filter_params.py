@@ -17,7 +17,8 @@ def search_filters(
     min_width: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
     min_height: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
     tag: Annotated[list[str], Query(description="has this tag (repeat: all)")] = [],  # noqa: B006
-    geotagged: Annotated[bool | None, Query(description="true: only photos with GPS in EXIF")] = None,
+    geotagged: Annotated[bool | None, Query(description="true: only photos with GPS in EXIF; "
+                                            "false: only photos without")] = None,
 ) -> Any:
     """A :class:`~cbir.store.photometa.Filters`, or None when no filter is given."""
     from cbir.store.photometa import Filters
@@ -27,5 +28,5 @@ def search_filters(
 
         raise InvalidRequest("at most 20 folders and 20 tags per search")
     f = Filters(folder=folder, after=after, before=before, camera=camera, min_width=min_width,
-                min_height=min_height, tags=tag, gps=geotagged or None)
+                min_height=min_height, tags=tag, gps=geotagged)  # False: not geotagged
     return f if f.active else None
