@@ -9,7 +9,12 @@
 * ``GET /api/models/{name}/curves.png``: the same matplotlib plot as ``cbir models curves``.
 * ``GET /api/models/{name}/labels``: the collection's images labelled by a trained model
   (``cbir models label``; nothing is written).
-* ``GET|POST /api/models/{name}/search``: search re-ranked by a trained model (``cbir models search``).
+* ``GET|POST /api/models/{name}/search``: search re-ranked by a trained model (``cbir models search``);
+  with ``partitioned=true`` the candidates come from the tables of the query's ``n_partitions``
+  most probable classes under the model (``--partitioned --nprobe N``; ``depth``: ``--depth``,
+  the candidates re-ranked, and at least the vectors a partitioned search scans): the collection's
+  class-partitioned index, so the model must be the one in use (``PUT /api/partition-model``,
+  else 409 ``not_in_use``).
 """
 
 from __future__ import annotations
@@ -91,6 +96,8 @@ class ModelSearchResponse(BaseModel):
     query: dict[str, Any]
     model: str
     k: int
+    partitioned: bool = Field(False, description="candidates from the class-partitioned index only")
+    n_partitions: int | None = Field(None, description="with partitioned: the classes scanned (at least)")
     collection_images: int
     took_ms: float
     hits: list[ModelHitOut]
@@ -348,15 +355,36 @@ def model_labels(
             "rows": page}
 
 
+def _partitioned_index(state: ServiceState, reader: ReaderCollection, name: str) -> Any:
+    """The shared class-partitioned snapshot when model ``name`` partitions it; else 409."""
+    from cbir.service.routes import partition_model
+
+    used, here = partition_model(state, reader)
+    if used != name or not here:
+        now = f"; it is partitioned by model {used!r} now" if used else ""
+        raise ApiError(409, "not_in_use", f"a partitioned search by model {name!r} scans the collection's "
+                       f"class-partitioned index, which is not partitioned by {name!r}{now}: choose it first "
+                       f"(PUT /api/partition-model {{\"model\": \"{name}\"}}, `cbir models use {name}`, "
+                       "or 'Use for partitioned search' on the page's Models tab)")
+    return state.index_cache.get(reader, "class-partitioned")
+
+
 def _model_search(state: ServiceState, name: str, query: SearchQuery, k: int, beta: float,
-                  qinfo: dict[str, Any], t0: float) -> Response:
+                  qinfo: dict[str, Any], t0: float, partitioned: bool = False,
+                  n_partitions: int = 1, depth: int = 100) -> Response:
     from cbir.train.apply import search_with_model
 
     model = _model(state, name).load(name)
     reader = _reader(state)
-    _pin(state, reader)
+    if partitioned:
+        idx = _partitioned_index(state, reader, name)
+        reader.pinned = idx
+    else:
+        idx = None
+        _pin(state, reader)
     try:
-        ranked = search_with_model(reader, model, query, k=k, beta=beta)
+        ranked = search_with_model(reader, model, query, k=k, beta=beta, depth=depth,
+                                   partitioned=partitioned, n_partitions=n_partitions, index=idx)
         n = len(reader.pinned or [])
         baseline = match_baseline(reader) if ranked else 0.0
     finally:
@@ -370,9 +398,18 @@ def _model_search(state: ServiceState, name: str, query: SearchQuery, k: int, be
             labels=[Label.model_construct(label=a, prob=float(p)) for a, p in h.labels], tags=list(h.tags),
             image_url=f"/api/images/{h.id}", thumbnail_url=f"/api/images/{h.id}/thumbnail",
             score=r.score, model_label=r.label, model_prob=r.prob))
-    out = ModelSearchResponse.model_construct(query=qinfo, model=name, k=k, collection_images=n,
-                                              took_ms=_ms(t0), hits=hits)
+    out = ModelSearchResponse.model_construct(query=qinfo, model=name, k=k, partitioned=partitioned,
+                                              n_partitions=n_partitions if partitioned else None,
+                                              collection_images=n, took_ms=_ms(t0), hits=hits)
     return Response(out.model_dump_json(), media_type="application/json")
+
+
+PARTITIONED = ("candidates only from the collection's class-partitioned index, partitioned by this "
+               "model's classes (`cbir models search --partitioned`; the model must be in use: "
+               "PUT /api/partition-model)")
+N_PARTITIONS = "with partitioned: the query's most probable classes scanned (`--nprobe`)"
+DEPTH = ("candidates re-ranked (`--depth`); a partitioned search scans further classes until their "
+         "tables hold this many")
 
 
 @router.get("/api/models/{name}/search", response_model=ModelSearchResponse, responses=ERRORS,
@@ -382,6 +419,9 @@ def model_search_by_id(
     image_id: Annotated[int, Query(alias="id", ge=1, le=MAX_ID)],
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
     beta: Annotated[float, Query(ge=0.0, le=100.0, description="weight of the class agreement")] = 0.5,
+    partitioned: Annotated[bool, Query(description=PARTITIONED)] = False,
+    n_partitions: Annotated[int, Query(ge=1, le=1000, description=N_PARTITIONS)] = 1,
+    depth: Annotated[int, Query(ge=1, le=MAX_K, description=DEPTH)] = 100,
 ) -> Response:
     """Images like one of the collection, re-ranked by a trained model (`cbir models search --like`)."""
     t0 = time.perf_counter()
@@ -393,7 +433,8 @@ def model_search_by_id(
         raise ApiError(409, "not_indexed", f"image {image_id} could not be indexed: {rec.error}")
     query = SearchQuery(vector=l2_normalize(rec.feature[None, :])[0], exclude={image_id})
     return _model_search(state, name, query, k, beta,
-                         {"type": "id", "id": image_id, "name": os.path.basename(rec.path)}, t0)
+                         {"type": "id", "id": image_id, "name": os.path.basename(rec.path)}, t0,
+                         partitioned, n_partitions, depth)
 
 
 @router.post("/api/models/{name}/search", response_model=ModelSearchResponse, responses=ERRORS,
@@ -403,6 +444,9 @@ def model_search_upload(
     file: Annotated[UploadFile, File(description="the query image")],
     k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
     beta: Annotated[float, Form(ge=0.0, le=100.0)] = 0.5,
+    partitioned: Annotated[bool, Form(description=PARTITIONED)] = False,
+    n_partitions: Annotated[int, Form(ge=1, le=1000, description=N_PARTITIONS)] = 1,
+    depth: Annotated[int, Form(ge=1, le=MAX_K, description=DEPTH)] = 100,
 ) -> Response:
     """Upload an image; search re-ranked by a trained model (`cbir models search NAME IMAGE`)."""
     t0 = time.perf_counter()
@@ -412,4 +456,5 @@ def model_search_upload(
     image = load_image(data, target_size=ext.input_size, max_pixels=state.config.max_pixels, name=fname)
     emb = embed_images([image], ext)
     query = SearchQuery(vector=l2_normalize(emb.features[:1])[0])
-    return _model_search(state, name, query, k, beta, {"type": "upload", "name": fname}, t0)
+    return _model_search(state, name, query, k, beta, {"type": "upload", "name": fname}, t0,
+                         partitioned, n_partitions, depth)

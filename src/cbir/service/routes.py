@@ -1,4 +1,21 @@
-"""The REST API: search, images, collection, jobs, maintenance, models, health, metrics."""
+"""The REST API: search, images, collection, jobs, maintenance, models, health, metrics.
+
+* ``GET /api/health``, ``GET /metrics``
+* ``POST /api/search`` (an upload), ``GET /api/search?id=N`` (a stored image)
+* ``GET /api/images/{id}``, ``/thumbnail``, ``/meta``
+* ``GET /api/collection`` (with ``partition_model``), ``GET /api/roots``
+* ``POST /api/index-jobs``, ``GET /api/jobs``, ``GET /api/jobs/{id}``, ``/events``, ``POST .../cancel``,
+  ``.../retry``; ``POST /api/index/clear``, ``POST /api/index/rebuild``
+* ``GET /api/models`` (each with ``in_use``), ``GET|DELETE /api/models/{name}``,
+  ``POST /api/train-jobs``, ``POST /api/train-jobs/upload``
+* ``GET|PUT /api/partition-model``: the trained model whose classes partition the collection's
+  class-partitioned index (``cbir models use NAME`` / ``--none``); ``{"model": null}`` goes back to
+  the extractor's classes. It takes the collection's writer lock without waiting (409 while a job
+  writes) and drops the saved index, which the next search rebuilds with the new classes.
+
+The web page's other endpoints (duplicates, filter values, model curves, labels and model
+search) are in :mod:`cbir.service.page_routes`, words search in :mod:`cbir.service.scene_routes`.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +38,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 
 from cbir import __version__
 from cbir.collection import Collection
-from cbir.errors import InvalidImage, InvalidRequest
+from cbir.errors import CollectionError, InvalidImage, InvalidRequest
 from cbir.extract.base import l2_normalize
 from cbir.extract.pipeline import embed_images
 from cbir.indexing import indexed_roots
@@ -47,6 +64,8 @@ from cbir.service.schemas import (
     JobList,
     Label,
     ModelList,
+    PartitionModel,
+    PartitionModelRequest,
     RebuildRequest,
     Rerank,
     Roots,
@@ -126,11 +145,29 @@ def _kind(index_type: IndexType | None, state: ServiceState) -> str | None:
     if index_type is None:
         return None
     kind = index_type.value
-    if kind == "class-partitioned" and not state.readers.extractor().class_names:
+    if kind == "class-partitioned" and not state.readers.extractor().class_names \
+            and not partition_model(state)[0]:
         raise ApiError(409, "index_unavailable", "the class-partitioned index needs predicted classes, "
                        f"and this collection's extractor {state.readers.manifest().extractor!r} "  # type: ignore[union-attr]
-                       "has no classifier; choose another index_type")
+                       "has no classifier: choose a trained model for it (PUT /api/partition-model, or "
+                       "'Use for partitioned search' on the page's Models tab), or another index_type")
     return kind
+
+
+def partition_model(state: ServiceState, col: Collection | None = None) -> tuple[str | None, bool]:
+    """(name of the model whose classes partition the collection's class-partitioned index or
+    None, whether it is one of this server's models in ``<collection>/models``).
+
+    A damaged setting raises CollectionError (409; ``PUT /api/partition-model`` with null repairs it).
+    """
+    from cbir.train.apply import used_model
+
+    col = col if col is not None else state.readers.get()
+    used = used_model(col) if col is not None else None
+    if used is None:
+        return None, False
+    here = training.registry(state.directory).directory.resolve()
+    return used[0], used[1] == here
 
 
 def _hit_out(h: Hit) -> HitOut:
@@ -373,6 +410,15 @@ def collection_info(state: State) -> dict[str, Any]:
         return {"exists": False, "collection": str(state.directory)}
     info = reader.info()
     info["error_reasons"] = [{"reason": r, "count": n} for r, n in info.get("error_reasons", [])]
+    try:
+        info["partition_model"] = partition_model(state, reader)[0]
+    except CollectionError as e:  # a damaged setting: say so, the rest of the answer stands
+        info["partition_model"], info["partition_model_error"] = None, str(e)
+    try:
+        info["class_partitioned_available"] = bool(info["partition_model"]) or bool(
+            state.readers.extractor().class_names)
+    except Exception:  # noqa: BLE001 - the extractor cannot load: the searches will say why
+        info["class_partitioned_available"] = bool(info["partition_model"])
     return {"exists": True, **info}
 
 
@@ -527,9 +573,15 @@ ModelName = Annotated[str, PathParam(pattern=MODEL_NAME, max_length=64)]
 
 @router.get("/api/models", response_model=ModelList, responses=ERRORS, tags=["models"])
 def list_models(state: State) -> dict[str, Any]:
-    """Trained models: who trained them, when, epochs, validation accuracy."""
+    """Trained models: who trained them, when, epochs, validation accuracy; ``in_use``: its classes
+    partition the collection's class-partitioned index (PUT /api/partition-model)."""
     training.require()
-    return {"models": training.list_models(state.directory)}
+    try:
+        used, here = partition_model(state)
+    except CollectionError:
+        used, here = None, False
+    return {"models": [{**m, "in_use": here and m.get("name") == used}
+                       for m in training.list_models(state.directory)]}
 
 
 @router.get("/api/models/{name}", responses=ERRORS, tags=["models"])
@@ -556,6 +608,82 @@ def delete_model(state: State, name: ModelName) -> dict[str, Any]:
             lock.release()
     state.index_cache.invalidate()
     return out
+
+
+def _partition_out(state: ServiceState, name: str | None, note: str,
+                   previous: str | None = None) -> dict[str, Any]:
+    classes = None
+    if name is not None:
+        reg = training.registry(state.directory)
+        with contextlib.suppress(Exception):  # a model deleted or damaged since: no classes to show
+            classes = list(reg.meta(name).get("classes") or [])
+    try:
+        available = bool(name) or bool(state.readers.extractor().class_names)
+    except Exception:  # noqa: BLE001 - the extractor cannot load: searches will say why
+        available = bool(name)
+    return {"model": name, "classes": classes, "class_partitioned_available": available,
+            "previous": previous, "note": note}
+
+
+@router.get("/api/partition-model", response_model=PartitionModel, responses=ERRORS, tags=["models"])
+def get_partition_model(state: State) -> dict[str, Any]:
+    """The trained model whose classes partition the collection's class-partitioned index, if any
+    (`cbir models use`)."""
+    training.require()
+    reader = _reader(state)
+    name, here = partition_model(state, reader)
+    note = ("searches with index_type=class-partitioned, and model searches with partitioned=true, "
+            f"scan the tables of the query's most probable classes under model {name}" if name else
+            "no trained model partitions the index: the class-partitioned index uses the extractor's "
+            "own classes, if it has any")
+    if name and not here:
+        note += " (a model of another models folder, chosen with `cbir models use --models DIR`)"
+    return _partition_out(state, name, note)
+
+
+@router.put("/api/partition-model", response_model=PartitionModel, responses=ERRORS, dependencies=Mutating,
+            tags=["models"])
+def set_partition_model(state: State, body: PartitionModelRequest) -> dict[str, Any]:
+    """Choose the trained model whose classes partition the collection's class-partitioned index
+    (`cbir models use NAME`), or ``{"model": null}`` to go back to the extractor's classes
+    (`cbir models use --none`). Nothing is rebuilt now: as the CLI, this drops the saved index,
+    and the next search builds it again from the catalog (a class-partitioned one with the new
+    classes). 409 while a job writes to the collection (indexing, clear, rebuild): choose the
+    model when it has finished."""
+    from cbir.train.apply import stop_using, use_model
+
+    training.require()
+    _reader(state)
+    reg = training.registry(state.directory)
+    name = body.model
+    if name is not None and not reg.exists(name):
+        raise ApiError(404, "not_found", f"no model named {name!r} (trained: "
+                       f"{', '.join(reg.names()) or 'none yet'})")
+    with Collection.open(state.directory) as col:
+        try:
+            previous, here = partition_model(state, col)
+            damaged = False
+        except CollectionError:  # a damaged setting: replaced below
+            previous, here, damaged = None, False, True
+        if not damaged and previous == name and (here or name is None):
+            return _partition_out(state, name, f"model {name} already partitions the index" if name
+                                  else "no trained model partitions the index (nothing changed)", previous)
+        lock = col.writer_lock()
+        if not lock.acquire():
+            raise ApiError(409, "busy", "a job is writing to the collection (indexing, clearing or "
+                           "rebuilding); choose the partitioning model when it has finished")
+        try:
+            if name is None:
+                stop_using(col)
+            else:
+                use_model(col, reg, name)
+        finally:
+            lock.release()
+        state.index_cache.invalidate()
+        note = ("the index is rebuilt from the catalog by the next search; a class-partitioned search "
+                + (f"scans tables of model {name}'s classes" if name else
+                   "uses the extractor's own classes, if it has any"))
+        return _partition_out(state, name, note, previous)
 
 
 def _new_model_name(state: ServiceState, name: str | None) -> str:

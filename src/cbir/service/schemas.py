@@ -75,6 +75,12 @@ class CollectionInfo(BaseModel):
     errors: int = 0
     extractor: str | None = None
     index_type: str | None = None
+    partition_model: str | None = Field(None, description="the trained model whose classes partition the "
+                                        "class-partitioned index (PUT /api/partition-model); null: the "
+                                        "extractor's own classes")
+    class_partitioned_available: bool | None = Field(None, description="searches may ask for "
+                                                     "index_type=class-partitioned: a model is in use, or "
+                                                     "the extractor predicts classes")
 
 
 class Health(BaseModel):
@@ -172,3 +178,21 @@ class JobList(BaseModel):
 
 class ModelList(BaseModel):
     models: list[dict[str, Any]]
+
+
+class PartitionModelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(max_length=64, pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.[A-Za-z0-9_-])*\.?$",
+                              description="a trained model's name (`cbir models use NAME`), or null to go "
+                              "back to the extractor's classes (`cbir models use --none`)")
+
+
+class PartitionModel(BaseModel):
+    model: str | None = Field(description="the model whose classes partition the class-partitioned index; "
+                              "null: the extractor's own (ImageNet) classes, if it has any")
+    classes: list[str] | None = Field(None, description="the model's classes (the index's tables)")
+    class_partitioned_available: bool = Field(description="searches may ask for "
+                                              "index_type=class-partitioned (and model searches for "
+                                              "partitioned=true with this model)")
+    previous: str | None = Field(None, description="the model in use before this change (PUT only)")
+    note: str = Field(description="what happens next, for people")

@@ -145,12 +145,15 @@ class RankedHit:
 
 def search_with_model(col: Collection, model: ClassifierModel, query: Query, *, k: int = 10,
                       beta: float = 0.5, depth: int = 100, partitioned: bool = False,
-                      n_partitions: int = 1, min_similarity: float = 0.0) -> list[RankedHit]:
+                      n_partitions: int = 1, min_similarity: float = 0.0,
+                      index: Any = None) -> list[RankedHit]:
     """Top-k hits re-ranked by the model (see the module docstring).
 
     Candidates: the ``max(depth, k)`` nearest by cosine from the collection's index, or with
     ``partitioned`` from a class-partitioned index built from the model's predicted classes
-    (scanning the query's ``n_partitions`` most probable classes).
+    (scanning the query's ``n_partitions`` most probable classes). ``index``: with
+    ``partitioned``, that class-partitioned index of the model's classes instead of a new one
+    (the collection's own while the model is in use, :func:`use_model`; the service's snapshot).
     """
     check_model(col, model)
     if k < 1 or depth < 1:
@@ -159,10 +162,10 @@ def search_with_model(col: Collection, model: ClassifierModel, query: Query, *, 
     want = max(depth, k) + len(query.exclude)
     q = query.vector[None, :].astype(np.float32)
     if partitioned:
-        idx = partitioned_index_from_model(col, model, n_partitions)
+        idx = index if index is not None else partitioned_index_from_model(col, model, n_partitions)
         if len(idx) == 0:
             return []
-        scores, ids = idx.search(q, min(want, len(idx)), query_probs=qp)
+        scores, ids = idx.search(q, min(want, len(idx)), query_probs=qp, n_partitions=n_partitions)
     else:
         idx = col.index()
         if len(idx) == 0:
