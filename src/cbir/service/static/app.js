@@ -6,6 +6,8 @@ const ACTIVE = ["queued", "running"];
 const state = {
   health: null, collection: null, roots: [], followed: null, source: null, pollTimer: null,
   searchSeq: 0, hits: [], query: null, models: [],
+  // the model whose partitioned search is on screen (its results go if the partitioning changes)
+  shownPartitioned: null,
   view: { items: [], index: 0, seq: 0 },
   dup: { groups: [], decisions: new Map(), seq: 0, ran: false, of: null, stale: false },
   // the active filters, [key, value] in the order added; every search sends them
@@ -192,6 +194,7 @@ function beginSearch() {
   closeViewer();
   state.searchSeq += 1;
   state.hits = [];
+  state.shownPartitioned = null;
   $("#results").replaceChildren();
   revokeBlobs();
   $("#search-status").textContent = "searching…";
@@ -211,7 +214,32 @@ function searchParams() {
   if (!(k >= 1 && k <= 1000)) throw new Error("Results must be a whole number between 1 and 1000");
   const rr = $("#rerank").value;
   const model = rr.startsWith("model:") ? rr.slice(6) : null;
-  return { k, minmatch, rerank: model ? "none" : rr, model };
+  const partitioned = !!model && $("#partitioned").checked && !$("#partitioned").disabled;
+  const nprobe = parseInt($("#nprobe").value, 10);
+  if (partitioned && !(nprobe >= 1 && nprobe <= 1000)) throw new Error("Classes scanned must be a whole number between 1 and 1000");
+  return { k, minmatch, rerank: model ? "none" : rr, model, partitioned, nprobe };
+}
+
+// the model search's "partitioned" option: only when that model partitions the collection's
+// class-partitioned index (the Models tab's "Use for partitioned search"); else say why not
+function updatePartitionControl() {
+  const rr = $("#rerank").value;
+  const model = rr.startsWith("model:") ? rr.slice(6) : null;
+  const used = state.models.find((m) => m.in_use);
+  const ok = !!model && !!used && used.name === model;
+  const box = $("#partitioned");
+  $("#partitioned-label").hidden = !model;
+  box.disabled = !ok;
+  if (!ok) box.checked = false;
+  $("#partitioned-label").title = ok
+    ? `candidates only from the collection's class-partitioned index: the tables of the query's most probable classes under model ${model}`
+    : "";
+  $("#nprobe-label").hidden = !(ok && box.checked);
+  const note = $("#partition-note");
+  note.hidden = !model || ok;
+  note.textContent = !model || ok ? "" : used
+    ? `partitioned search: the collection's class-partitioned index is partitioned by model ${used.name}, not ${model} — choose "Use for partitioned search" for ${model} on the Models tab`
+    : `partitioned search: no model partitions the collection's index yet — choose "Use for partitioned search" for ${model} on the Models tab`;
 }
 
 function hasQuery() {
@@ -244,7 +272,7 @@ async function runSearch(byId, byName) {
       showQueryChip(`/api/images/${byId}/thumbnail`, `like ${state.query.name}`, false);
       if (readAuth()) setImage($("#query-preview"), `/api/images/${byId}/thumbnail`).catch(() => {});
       data = p.model
-        ? await api("GET", `/api/models/${encodeURIComponent(p.model)}/search?id=${byId}&k=${p.k}`)
+        ? await api("GET", `/api/models/${encodeURIComponent(p.model)}/search?id=${byId}&k=${p.k}${partitionQuery(p)}`)
         : await api("GET", `/api/search?id=${byId}&k=${p.k}&min_match=${p.minmatch}&rerank=${p.rerank}${fq}`);
     } else {
       const f = $("#file").files[0];
@@ -253,6 +281,7 @@ async function runSearch(byId, byName) {
       const fd = new FormData();
       fd.append("file", f);
       fd.append("k", String(p.k));
+      if (p.partitioned) { fd.append("partitioned", "true"); fd.append("n_partitions", String(p.nprobe)); }
       if (p.model) data = await api("POST", `/api/models/${encodeURIComponent(p.model)}/search`, fd);
       else {
         fd.append("min_match", String(p.minmatch));
@@ -262,8 +291,16 @@ async function runSearch(byId, byName) {
     }
     if (seq !== state.searchSeq) return;
     if (p.model) data.hits = data.hits.filter((h) => h.match == null || h.match >= p.minmatch);
+    state.shownPartitioned = p.partitioned ? p.model : null;
     renderHits(data, p);
   } catch (e) { failSearch(seq, e); } finally { btn.disabled = false; }
+}
+
+// a partitioned model search (`cbir models search --partitioned --nprobe N`): the candidates
+// come from the tables of the query's N most probable classes (and further ones until they
+// hold the 100 candidates re-ranked, as unpartitioned)
+function partitionQuery(p) {
+  return p.partitioned ? `&partitioned=true&n_partitions=${p.nprobe}` : "";
 }
 
 function hitCard(h, i, sim, simTitle, extra) {
@@ -282,7 +319,8 @@ function renderHits(data, p) {
   const box = $("#results");
   state.hits = data.hits;
   const q = data.query.type === "id" ? `images like ${data.query.name}` : data.query.name;
-  const how = p.model ? `, re-ranked by model ${p.model}` : p.rerank !== "none" ? `, re-ranked (${p.rerank})` : "";
+  const part = p.partitioned ? `, partitioned by its classes (${p.nprobe} scanned)` : "";
+  const how = p.model ? `, re-ranked by model ${p.model}${part}` : p.rerank !== "none" ? `, re-ranked (${p.rerank})` : "";
   $("#search-status").textContent = data.collection_images === 0
     ? "the collection is empty: index a folder first"
     : `${data.hits.length} result(s) for ${q} in ${num(Math.round(data.took_ms))} ms, from ${num(data.collection_images)} images${how}${filterNote()}`;
@@ -338,13 +376,15 @@ const FILTERS = {
   min_width: { label: "min. width", show: (v) => `width ≥ ${num(v)} px`, hint: "pixels", number: true },
   min_height: { label: "min. height", show: (v) => `height ≥ ${num(v)} px`, hint: "pixels", number: true },
   tag: { label: "tag", many: true, show: (v) => `tag ${v}`, hint: "the image has this tag (several: all of them)" },
-  geotagged: { label: "geotagged", show: () => "geotagged", hint: "only photos with a GPS position in their EXIF", flag: true },
+  geotagged: { label: "geotagged", show: (v) => (v === "false" ? "not geotagged" : "geotagged"), hint: "only photos with a GPS position in their EXIF", flag: true },
+  // a choice of the filter kind only: it adds the chip geotagged=false
+  not_geotagged: { label: "not geotagged", param: "geotagged", value: "false", hint: "only photos without a GPS position in their EXIF", flag: true },
 };
 const DATE_RE = /^\d{4}([-/:]\d{2}){0,2}$/;
 
 // "&folder=...&camera=..." for a URL that already has a query ("" without filters)
 function filterQuery() {
-  return state.filters.map(([k, v]) => `&${k}=${encodeURIComponent(k === "geotagged" ? "true" : v)}`).join("");
+  return state.filters.map(([k, v]) => `&${k}=${encodeURIComponent(v)}`).join("");
 }
 function filterNote() {
   return state.filters.length ? ` · filtered: ${state.filters.map(([k, v]) => FILTERS[k].show(v)).join(", ")}` : "";
@@ -353,7 +393,7 @@ function filterNote() {
 function renderFilterChips() {
   $("#filter-chips").replaceChildren(...state.filters.map(([k, v], i) => {
     const text = FILTERS[k].show(v);
-    return el("span", { class: "chip filter", "data-key": k, "data-value": v, title: `${FILTERS[k].label}: ${v}` },
+    return el("span", { class: "chip filter", "data-key": k, "data-value": v, title: FILTERS[k].flag ? text : `${FILTERS[k].label}: ${v}` },
       el("span", {}, text),
       el("button", { type: "button", "aria-label": `remove the filter ${text}`, title: "remove this filter",
         onclick: () => removeFilter(i) }, "×"));
@@ -361,8 +401,9 @@ function renderFilterChips() {
 }
 
 function addFilter(key, raw) {
-  const f = FILTERS[key];
-  let value = f.flag ? "true" : String(raw == null ? "" : raw).trim();
+  let f = FILTERS[key];
+  if (f.param) { raw = f.value; key = f.param; f = FILTERS[key]; }  // "not geotagged": geotagged=false
+  let value = f.flag ? (String(raw) === "false" ? "false" : "true") : String(raw == null ? "" : raw).trim();
   if (!value) { showError(new Error(`give a value for the ${f.label} filter (${f.hint})`)); return false; }
   if ((key === "after" || key === "before") && !DATE_RE.test(value)) {
     showError(new Error(`${f.label} takes a date like 2021, 2021-07 or 2021-07-04; got ${value}`)); return false;
@@ -446,8 +487,9 @@ function fillFilterValue() {
     el("button", { type: "button", class: "chip", title: v, "data-value": v, onclick: () => { if (addFilter(key, v)) closeFilterPanel(); } }, l)));
   let note = f.hint;
   if (fv && (key === "after" || key === "before") && fv.taken.first) note += ` · photos here were taken ${fv.taken.first} to ${fv.taken.last}`;
-  if (fv && ["after", "before", "camera", "geotagged"].includes(key)) {
+  if (fv && ["after", "before", "camera", "geotagged", "not_geotagged"].includes(key)) {
     if (key === "geotagged") note += ` · ${num(fv.geotagged)} of ${num(fv.images)} are`;
+    if (key === "not_geotagged") note += ` · ${num(fv.images - fv.geotagged)} of ${num(fv.images)} are`;
     if (fv.without_metadata) note += ` · ${num(fv.without_metadata)} image(s) have no metadata stored yet (re-index their folder)`;
   }
   if (fv && !options.length && ["folder", "camera", "tag"].includes(key)) note += " · none in this collection";
@@ -777,6 +819,8 @@ async function loadInfo() {
     const rows = c.exists
       ? [["collection", c.collection], ["images", num(c.images)], ["failed files", num(c.errors)], ["extractor", c.extractor],
          ["index", `${c.index_type || "not built"} (${c.index_up_to_date ? "up to date" : "will sync on next search"})`],
+         ["class partitions", c.partition_model ? `model ${c.partition_model}`
+           : c.class_partitioned_available ? "the extractor's classes" : "none (no model in use)"],
          ["disk", bytes((c.catalog_bytes || 0) + (c.index_bytes || 0))]]
       : [["collection", `${c.collection} (not created yet)`]];
     $("#info").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
@@ -823,7 +867,9 @@ async function loadModels() {
     box.replaceChildren(el("div", { class: "table-wrap" }, el("table", { class: "stack" },
       el("thead", {}, el("tr", {}, ...head.map((c) => el("th", {}, c)))),
       el("tbody", {}, ...models.map((m) => {
-        const name = m.error ? el("span", {}, m.name, el("br"), el("span", { class: "badge failed", title: m.error }, "damaged")) : m.name;
+        const inUse = m.in_use ? el("span", { class: "badge in-use", title: "its classes partition the collection's class-partitioned index" }, "in use") : null;
+        const name = m.error ? el("span", {}, m.name, el("br"), el("span", { class: "badge failed", title: m.error }, "damaged"))
+          : el("span", {}, m.name, inUse);
         const cells = [name, m.classes ?? "", m.head || "", m.epochs ?? "",
           m.val_accuracy == null ? "—" : pct1(m.val_accuracy), m.trained_by || "", when(m.trained_at)];
         return el("tr", { "data-model": m.name }, ...cells.map((c, i) => el("td", { "data-label": head[i] }, c)),
@@ -831,6 +877,10 @@ async function loadModels() {
             el("button", { type: "button", class: "secondary", onclick: () => showCurves(m.name) }, "curves"),
             el("button", { type: "button", class: "secondary", onclick: () => showLabels(m.name) }, "labels"),
             el("button", { type: "button", class: "secondary", onclick: () => searchWithModel(m.name) }, "search with it"),
+            m.error ? null : m.in_use
+              ? el("button", { type: "button", class: "secondary use", onclick: (ev) => usePartitionModel(null, ev.target) }, "Stop using")
+              : el("button", { type: "button", class: "secondary use", title: "partition the collection's class-partitioned index by this model's classes (cbir models use)",
+                onclick: (ev) => usePartitionModel(m.name, ev.target) }, "Use for partitioned search"),
             el("button", { type: "button", class: "danger", onclick: () => deleteModel(m.name) }, "delete")));
       })))));
   } catch (e) { box.replaceChildren(el("p", { class: "muted" }, e.message)); }
@@ -839,13 +889,38 @@ async function loadModels() {
 function fillModelChoices() {
   const group = $("#rerank-models");
   const keep = $("#rerank").value;
-  group.replaceChildren(...state.models.map((m) => el("option", { value: "model:" + m.name }, m.name)));
+  group.replaceChildren(...state.models.map((m) => el("option", { value: "model:" + m.name }, m.name + (m.in_use ? " (in use)" : ""))));
   group.hidden = !state.models.length;
   $("#rerank").value = [...$("#rerank").options].some((o) => o.value === keep) ? keep : "none";
+  updatePartitionControl();
+}
+
+// "Use for partitioned search" (PUT /api/partition-model, as `cbir models use NAME`), or
+// "Stop using" (name null, `cbir models use --none`)
+async function usePartitionModel(name, btn) {
+  clearError();
+  if (btn) btn.disabled = true;
+  try {
+    const out = await api("PUT", "/api/partition-model", { model: name });
+    $("#maint-status").textContent = name ? `model ${name} now partitions the index: ${out.note}` : `no model partitions the index now: ${out.note}`;
+    // results of a partitioned search by another partitioning are out of date: run it again
+    // (unpartitioned if its model is no longer in use) when the search tab shows again
+    if (state.shownPartitioned && state.shownPartitioned !== name) {
+      state.shownPartitioned = null;
+      state.hits = [];
+      $("#results").replaceChildren();
+      $("#search-status").textContent = "";
+      state.searchStale = true;
+    }
+  } catch (e) { showError(e); }
+  await loadModels();
+  loadInfo();
+  loadHealth();
 }
 
 function searchWithModel(name) {
   $("#rerank").value = "model:" + name;
+  updatePartitionControl();
   location.hash = "#search";
   clearError();
   if (state.query && state.query.type === "id") runSearch(state.query.id, state.query.name);
@@ -958,6 +1033,8 @@ function init() {
   $("#q").addEventListener("input", () => { if ($("#q").value.trim() && !$("#query-chip").hidden) clearQueryImage(); });
   $("#query-clear").addEventListener("click", () => { clearQueryImage(); $("#q").focus(); });
   $("#search-form").addEventListener("submit", submitSearch);
+  $("#rerank").addEventListener("change", updatePartitionControl);
+  $("#partitioned").addEventListener("change", updatePartitionControl);
 
   // the viewer
   $("#viewer-close").addEventListener("click", closeViewer);
