@@ -124,7 +124,7 @@ def test_use_search_partitioned_and_stop(setup):
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["model"] == "m1" and out["previous"] is None and out["classes"] == ["blocks", "stripes"]
-    assert out["class_partitioned_available"] is True and "rebuilt" in out["note"]
+    assert out["class_partitioned_available"] is True and "rebuild" in out["note"]
     assert [(m["name"], m["in_use"]) for m in client.get("/api/models").json()["models"]] == [("m1", True)]
     info = client.get("/api/collection").json()
     assert info["partition_model"] == "m1" and info["class_partitioned_available"] is True
@@ -190,6 +190,7 @@ def test_use_is_refused_while_a_job_writes(setup):
     from cbir.store import WriterLock
 
     client = setup["client"]
+    assert client.put("/api/partition-model", json={"model": None}).status_code == 200
     lock = WriterLock(setup["coll"])
     assert lock.acquire()
     try:

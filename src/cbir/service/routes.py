@@ -11,7 +11,8 @@
 * ``GET|PUT /api/partition-model``: the trained model whose classes partition the collection's
   class-partitioned index (``cbir models use NAME`` / ``--none``); ``{"model": null}`` goes back to
   the extractor's classes. It takes the collection's writer lock without waiting (409 while a job
-  writes) and drops the saved index, which the next search rebuilds with the new classes.
+  writes) and drops the saved index: searches rebuild it in memory with the new classes, the
+  next indexing or rebuild job saves it.
 
 The web page's other endpoints (duplicates, filter values, model curves, labels and model
 search) are in :mod:`cbir.service.page_routes`, words search in :mod:`cbir.service.scene_routes`.
@@ -646,10 +647,10 @@ def get_partition_model(state: State) -> dict[str, Any]:
 def set_partition_model(state: State, body: PartitionModelRequest) -> dict[str, Any]:
     """Choose the trained model whose classes partition the collection's class-partitioned index
     (`cbir models use NAME`), or ``{"model": null}`` to go back to the extractor's classes
-    (`cbir models use --none`). Nothing is rebuilt now: as the CLI, this drops the saved index,
-    and the next search builds it again from the catalog (a class-partitioned one with the new
-    classes). 409 while a job writes to the collection (indexing, clear, rebuild): choose the
-    model when it has finished."""
+    (`cbir models use --none`). Nothing is rebuilt now: as the CLI, this drops the saved index;
+    searches build it again in memory from the catalog (a class-partitioned one with the new
+    classes) and the next indexing or rebuild job saves it. 409 while a job writes to the
+    collection (indexing, clear, rebuild): choose the model when it has finished."""
     from cbir.train.apply import stop_using, use_model
 
     training.require()
@@ -680,9 +681,10 @@ def set_partition_model(state: State, body: PartitionModelRequest) -> dict[str, 
         finally:
             lock.release()
         state.index_cache.invalidate()
-        note = ("the index is rebuilt from the catalog by the next search; a class-partitioned search "
-                + (f"scans tables of model {name}'s classes" if name else
-                   "uses the extractor's own classes, if it has any"))
+        note = ("the saved index was dropped: searches rebuild it in memory from the catalog, "
+                + (f"class-partitioned ones with model {name}'s classes" if name else
+                   "class-partitioned ones with the extractor's own classes, if it has any")
+                + "; the next indexing or rebuild job saves it again")
         return _partition_out(state, name, note, previous)
 
 
