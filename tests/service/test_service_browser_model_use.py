@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,3 +214,28 @@ def test_not_geotagged_chip(open_page, server):
     expect(hits).to_have_count(3)
     assert set(_names(hits)) == geo and "geotagged=true" in sent[-1]
 
+
+
+def test_typed_filter_value_survives_the_late_filter_values(open_page, server):
+    """The collection's filter values arrive after the user typed a value: it stays (it was
+    cleared, so Enter added nothing and the panel stayed open, now and then under load)."""
+    pg, _ = open_page(server["url"] + "/")
+    held = []
+    pg.route("**/api/filter-values*", lambda route: held.append(route))  # answered once typed
+    expect(pg.locator("#stats")).to_contain_text("24 images")  # the page knows the collection
+    with pg.expect_request(lambda r: "/api/filter-values" in r.url):
+        pg.click("#filter-toggle")
+    pg.select_option("#filter-kind", "camera")
+    pg.fill("#filter-value", "canon")
+    t_end = time.monotonic() + 10
+    while not held:  # the route handler runs when Playwright next dispatches events
+        assert time.monotonic() < t_end, "the filter values request was not held"
+        pg.wait_for_timeout(20)
+    expect(pg.locator("#filter-suggest button")).to_have_count(0)  # nothing has arrived yet
+    for route in held:
+        route.continue_()
+    expect(pg.locator("#filter-suggest button")).to_have_count(1)  # the values have arrived
+    expect(pg.locator("#filter-value")).to_have_value("canon")
+    pg.press("#filter-value", "Enter")
+    expect(pg.locator("#filter-panel")).to_be_hidden()
+    expect(pg.locator("#filter-chips .chip.filter")).to_have_text(re.compile(r"^camera canon"))

@@ -456,16 +456,17 @@ function filtersChanged() {
 async function loadFilterValues() {
   if (!state.collection || !state.collection.exists) return;
   try { state.filterValues = await api("GET", "/api/filter-values?limit=200"); } catch (e) { state.filterValues = null; }
-  fillFilterValue();
+  fillFilterValue(true);  // keep what was typed meanwhile
 }
 
-// the value box and the suggestions for the kind of filter chosen
-function fillFilterValue() {
+// the value box and the suggestions for the kind of filter chosen (``keep``: the value typed)
+function fillFilterValue(keep) {
   const key = $("#filter-kind").value;
   const f = FILTERS[key];
   const fv = state.filterValues;
   const input = $("#filter-value");
-  input.value = "";
+  if (!keep || input.dataset.kind !== key) input.value = "";
+  input.dataset.kind = key;
   input.type = f.number ? "number" : "text";
   input.placeholder = f.number ? "1024" : key === "after" || key === "before" ? "2021-07" : "";
   if (f.number) { input.min = "0"; input.max = "1000000"; } else { input.removeAttribute("min"); input.removeAttribute("max"); }
