@@ -1,6 +1,7 @@
 """Cold CLI commands on large synthetic collections: wall time, peak RSS, bytes per image.
 
-    python bench/bench_cold.py                       # 10k (auto=exact), 100k (hnsw), 1M (ivf)
+    python bench/bench_cold.py                       # 10k (auto=exact), 100k and 1M (hnsw)
+    python bench/bench_cold.py --sizes 100000 --hnsw-dtype float16 --rebuild-index --recall 200
     python bench/bench_cold.py --sizes 10000 --repeat 5
     python bench/bench_cold.py --sizes 10000,100000 --out bench/results/cold.json
 
@@ -9,7 +10,8 @@ CNN-like float16 features from bench_index.FeatureModel, no image decoding; ~1 %
 rows share a sha256 with another, so ``cbir info`` has duplicates to count) and cached
 under ``--root`` (default /tmp/cbir-cold), so reruns only measure. The index is built
 directly (``--index`` picks the backend per size; IVF at 1M with nlist=1024) and saved
-as the collection's own index, as ``cbir index`` would leave it.
+as the collection's own index, as ``cbir index`` would leave it (HNSW: 8-bit codes re-scored
+from the catalog, or ``--hnsw-dtype float16`` to compare with the float16 copy it replaced).
 
 Then every command runs ``--repeat`` times as a fresh ``cbir`` process: wall time, and
 the peak RSS of that child (``os.wait4`` rusage, ru_maxrss). The page cache is NOT
@@ -42,7 +44,7 @@ from bench_index import FeatureModel  # noqa: E402
 
 CHUNK = 50_000
 BUILD_MARK = "bench-built.json"
-DEFAULT_INDEX = {10_000: "auto", 100_000: "hnsw", 1_000_000: "ivf"}
+DEFAULT_INDEX = {10_000: "auto", 100_000: "hnsw", 1_000_000: "hnsw"}
 
 
 def log(msg: str) -> None:
@@ -94,7 +96,8 @@ def build(directory: Path, n: int, seed: int) -> dict[str, Any]:
     return info
 
 
-def build_index(directory: Path, n: int, kind: str, rebuild: bool) -> dict[str, Any]:
+def build_index(directory: Path, n: int, kind: str, rebuild: bool,
+                hnsw_dtype: str | None = None) -> dict[str, Any]:
     """Build the collection's ``kind`` index from its catalog, as `cbir index` leaves it."""
     mark = directory / "bench-index.json"
     if mark.exists() and not rebuild:
@@ -107,7 +110,9 @@ def build_index(directory: Path, n: int, kind: str, rebuild: bool) -> dict[str, 
     col = Collection.open(directory)
     target = choose_index(n) if kind == "auto" else kind
     params: dict[str, Any] = {"nlist": 1024} if target == "ivf" else {}
-    params.update(getattr(col, "_index_params", lambda *a: {})(target, n))  # float16 vectors
+    params.update(getattr(col, "_index_params", lambda *a: {})(target, n))  # as a collection has it
+    if target == "hnsw" and hnsw_dtype:
+        params["dtype"] = hnsw_dtype
     idx = create_index(target, col.manifest.dim, **params)
     with col.writer_lock():
         col.drop_index()
@@ -132,15 +137,20 @@ def build_index(directory: Path, n: int, kind: str, rebuild: bool) -> dict[str, 
     return info
 
 
-def recall(directory: Path, n_queries: int, seed: int, index_path: Path | None = None) -> dict:
-    """Tie-tolerant recall@10 of the saved index (as searches use it) against brute force over
-    the catalog's float16 features, for ``n_queries`` stored images (self excluded)."""
+def recall(directory: Path, n_queries: int, seed: int, index_path: Path | None = None,
+           **search_kw: Any) -> dict:
+    """Tie-tolerant recall@10 of the saved index (as searches use it: re-scored from the
+    catalog when it keeps 8-bit codes) against brute force over the catalog's float16
+    features, for ``n_queries`` stored images (self excluded); also the warm in-process
+    latency of one query (p50, ms) with ``search_kw``."""
     from cbir.collection import Collection
     from cbir.index import load_index
 
     col = Collection.open(directory)
     path = index_path or col.index_dir / f"{col.index_state().kind}.faiss"
     idx = load_index(path)
+    if hasattr(idx, "use_vector_source"):
+        idx.use_vector_source(col.vector_source)
     all_ids = col.catalog.ok_ids()
     qids = np.sort(np.random.default_rng(seed).choice(all_ids, n_queries, replace=False))
     _, q = col.catalog.features(qids)
@@ -154,7 +164,12 @@ def recall(directory: Path, n_queries: int, seed: int, index_path: Path | None =
         top = np.argsort(-s, axis=1)[:, :11]
         best, best_ids = np.take_along_axis(s, top, 1), np.take_along_axis(cand, top, 1)
     kth = np.array([row[ids != qid][9] for row, ids, qid in zip(best, best_ids, qids, strict=True)])
-    _, found = idx.search(q, 11)
+    _, found = idx.search(q, 11, **search_kw)
+    lat = []
+    for qi in range(n_queries):
+        t0 = time.perf_counter()
+        idx.search(q[qi:qi + 1], 11, **search_kw)
+        lat.append((time.perf_counter() - t0) * 1e3)
     hits = 0
     for qi, qid in enumerate(qids):
         got = [i for i in found[qi] if i != qid][:10]
@@ -162,7 +177,9 @@ def recall(directory: Path, n_queries: int, seed: int, index_path: Path | None =
         hits += int((fx @ q[qi] >= kth[qi] - 1e-5).sum())
     col.close()
     return {"recall_at_10": round(hits / (10 * n_queries), 4), "queries": n_queries,
-            "index": str(path.name), "params": idx.params}
+            "index": str(path.name), "params": idx.params, "search_kw": search_kw,
+            "p50_ms": round(statistics.median(lat), 3),
+            "p99_ms": round(float(np.percentile(lat, 99)), 3)}
 
 
 def cbir_command() -> list[str]:
@@ -240,6 +257,55 @@ def measure(directory: Path, n: int, args: argparse.Namespace, env: dict[str, st
     return rows
 
 
+def serve_rss(directory: Path, n: int, env: dict[str, str], searches: int = 200) -> dict[str, Any]:
+    """``cbir serve`` on the collection: time to the first answered search by id after start,
+    then ``searches`` searches by random ids; the server's VmRSS / VmHWM (MiB) after them."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    cmd = [*cbir_command(), "-c", str(directory), "serve", "--port", str(port),
+           "--no-default-roots", "--no-access-log", "--log-level", "warning"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    rng = np.random.default_rng(1)
+
+    def get(path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(url + path, timeout=120) as r:
+            return json.loads(r.read())
+
+    try:
+        while True:
+            try:
+                get("/api/health")
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise SystemExit(f"cbir serve exited: {proc.stderr.read().decode()[-2000:]}") from None
+                time.sleep(0.1)
+        started = time.perf_counter() - t0
+        hits = len(get(f"/api/search?id={n // 2}&k=10")["hits"])
+        first = time.perf_counter() - t0
+        lat = []
+        for i in rng.integers(1, n + 1, searches):
+            t = time.perf_counter()
+            get(f"/api/search?id={int(i)}&k=10")
+            lat.append((time.perf_counter() - t) * 1e3)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        mem = {k: int(line.split()[1]) / 1024 for line in status.splitlines()
+               for k in ("VmRSS", "VmHWM") if line.startswith(k + ":")}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"n": n, "start_s": round(started, 2), "first_search_s": round(first, 2),
+            "first_hits": hits, "searches": searches, "p50_ms": round(statistics.median(lat), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2),
+            "rss_mib": round(mem["VmRSS"], 1), "hwm_mib": round(mem["VmHWM"], 1)}
+
+
 def train_codes(directory: Path, env: dict[str, str]) -> None:
     mark = directory / "bench-codes.json"
     if mark.exists():
@@ -280,8 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild-index", action="store_true",
                     help="build the cached collections' indexes again (after a format change)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hnsw-dtype", choices=["int8", "float16"], default=None,
+                    help="how a built HNSW index keeps vectors (default: as a collection does, int8)")
+    ap.add_argument("--k-factors", default="1,2,4",
+                    help="with --recall on an int8 HNSW index: re-scoring depths to measure")
     ap.add_argument("--recall", type=int, default=0, metavar="Q",
                     help="also measure recall@10 of each saved index on Q stored images")
+    ap.add_argument("--serve", action=argparse.BooleanOptionalAction, default=True,
+                    help="also start `cbir serve` on each collection: first search, RSS")
     ap.add_argument("--out", type=Path, default=Path("bench/results/cold.json"))
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -303,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         directory = args.root / f"n{n}"
         info = build(directory, n, args.seed)
-        info.update(build_index(directory, n, kinds.get(n, "auto"), args.rebuild_index))
+        info.update(build_index(directory, n, kinds.get(n, "auto"), args.rebuild_index,
+                                args.hnsw_dtype))
         if args.build_only:
             continue
         if args.codes and n <= args.codes_max:
@@ -314,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
                     index_bytes_per_image=round(disk["index"] / n, 1))
         if args.recall:
             info["recall"] = recall(directory, args.recall, args.seed)
+            if info.get("params", {}).get("dtype") == "int8":
+                info["recall_by_k_factor"] = [
+                    recall(directory, args.recall, args.seed, k_factor=float(kf))
+                    for kf in args.k_factors.split(",")]
+        if args.serve:
+            info["serve"] = serve_rss(directory, n, env)
         sizes_info[n] = info
         log(f"n={n}: {info}")
         for r in measure(directory, n, args, env):
@@ -329,10 +408,26 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(fmt(r))
     print()
-    print(f"{'n':>9} {'index':<6} {'catalog B/img':>14} {'index B/img':>12} {'total B/img':>12}")
+    print(f"{'n':>9} {'index':<6} {'dtype':<8} {'catalog B/img':>14} {'index B/img':>12} "
+          f"{'total B/img':>12} {'k_factor':>8} {'R@10':>6} {'p50 ms':>7} {'p99 ms':>7}")
     for n, i in sizes_info.items():
-        print(f"{n:>9} {i['index']:<6} {i['catalog_bytes'] / n:>14.0f} {i['index_bytes'] / n:>12.0f} "
-              f"{i['bytes_per_image']:>12.0f}")
+        dtype = i.get("params", {}).get("dtype", "")
+        head = (f"{n:>9} {i['index']:<6} {dtype:<8} {i['catalog_bytes'] / n:>14.0f} "
+                f"{i['index_bytes'] / n:>12.0f} {i['bytes_per_image']:>12.0f}")
+        recalls = i.get("recall_by_k_factor") or ([i["recall"]] if "recall" in i else [])
+        if not recalls:
+            print(head)
+        for rc in recalls:
+            kf = rc["search_kw"].get("k_factor", rc["params"].get("k_factor", ""))
+            print(f"{head} {kf!s:>8} {rc['recall_at_10']:>6.3f} {rc['p50_ms']:>7.2f} {rc['p99_ms']:>7.2f}")
+    served = [i["serve"] for i in sizes_info.values() if "serve" in i]
+    if served:
+        print()
+        print(f"{'n':>9} {'serve: start s':>14} {'1st search s':>12} {'p50 ms':>7} {'p99 ms':>7} "
+              f"{'RSS MiB':>8} {'peak MiB':>8}")
+        for sv in served:
+            print(f"{sv['n']:>9} {sv['start_s']:>14.2f} {sv['first_search_s']:>12.2f} "
+                  f"{sv['p50_ms']:>7.2f} {sv['p99_ms']:>7.2f} {sv['rss_mib']:>8.1f} {sv['hwm_mib']:>8.1f}")
     log(f"wrote {args.out}")
     return 0
 

@@ -7,7 +7,9 @@ side by side in one run.
 (b) end to end: ``cbir.indexing.index_paths`` into a fresh collection, as ``cbir index`` runs
     it: walk, plan, safe read, sha256, embedded tags, header size, JPEG decode, preprocess,
     inference, SQLite commits, the index build at the end;
-(c) optionally (``--cli``) the ``cbir index`` command itself, start-up included.
+(c) optionally (``--cli``) the ``cbir index`` command itself, start-up included;
+(d) optionally (``--regions``) (b) with ``regions=True`` (``cbir index --regions``: the 7x7
+    region features stored 8-bit per value), to show what storing them costs per image.
 
 The repeats interleave (a) and (b); the best of each is kept (the machine may be shared: the
 best run is the least disturbed) and the ratio b/a is what the target is about. CPU ms per
@@ -54,6 +56,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cli", action="store_true", help="also time the `cbir index` command")
+    ap.add_argument("--regions", action="store_true",
+                    help="also time end to end with region features (`cbir index --regions`)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "pipeline.json")
     args = ap.parse_args()
     if args.runtime:
@@ -91,11 +95,11 @@ def main() -> int:
 
     counter = [0]
 
-    def end_to_end() -> int:
+    def end_to_end(regions: bool = False) -> int:
         counter[0] += 1
         col = Collection.create_or_open(work / f"col{counter[0]}", args.extractor)
         with col, col.writer_lock():
-            rep = index_paths(col, [root], batch_size=args.batch, progress=False)
+            rep = index_paths(col, [root], batch_size=args.batch, progress=False, regions=regions)
         if rep.failed or rep.added != len(files):
             raise RuntimeError(f"indexing failed: {rep.as_dict()}")
         return rep.added
@@ -115,6 +119,8 @@ def main() -> int:
     }
     if args.cli:
         cases["c_cbir_index"] = (cli, "the `cbir index` command, start-up included")
+    if args.regions:
+        cases["d_regions"] = (lambda: end_to_end(regions=True), "(b) with region features stored")
     print(f"{len(files)} images from {args.images}; extractor {args.extractor}, runtime {runtime};"
           f" {os.cpu_count()} cores; load avg {os.getloadavg()[0]:.2f}", file=sys.stderr)
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in cases}
