@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 import cbir.train.apply  # noqa: F401  (installs the trained-model partition provider)
-from cbir.collection import AUTO, Collection
+from cbir.collection import AUTO, PARTITION_MODEL_KEY, Collection
 from cbir.errors import CollectionError, InvalidRequest
 from cbir.extract import FeatureExtractor, create_extractor
 from cbir.index import VectorIndex, choose_index
@@ -195,6 +195,9 @@ class _Snapshot:
     max_id: int = 0
     tail: _TailBuffer | None = None
     gone: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    #: the catalog's partition-model setting it was built with ("" for none): a class-partitioned
+    #: snapshot holds that model's classes and is never served once another model is in use
+    partition: str = ""
 
 
 class IndexCache:
@@ -229,6 +232,8 @@ class IndexCache:
         key = kind or ""
         generation = reader.catalog.generation()
         snap = self._snaps.get(key)
+        if snap is not None and snap.partition != _wanted_partition(reader, snap):
+            snap = None  # another model's classes: not even while a job writes (refreshed below)
         if snap is not None and snap.generation >= generation:
             return snap.index
         if snap is not None and self.writer_busy():
@@ -263,18 +268,25 @@ class IndexCache:
             builder = self._builders[key] = self.readers.open()
         generation = builder.catalog.generation()
         snap = self._snaps.get(key)
+        if snap is not None and snap.partition != _wanted_partition(builder, snap):
+            # `cbir models use` switched models: the builder's own index has the old classes too
+            builder.close()
+            builder = self._builders[key] = self.readers.open()
+            snap = None
         if snap is not None and snap.generation >= generation:
             return snap
         self.refreshes += 1
         snap = self._incremental(builder, snap, kind) if snap is not None else None
         if snap is None:
             self.full_builds += 1
+            partition = builder.catalog.get_meta(PARTITION_MODEL_KEY) or ""  # read before the classes
             base = builder.index(kind)
             use = getattr(base, "use_vector_source", None)
             if use is not None:  # re-scoring reads features in the searching thread's connection
                 use(self._thread_features)
             ids = base.ids()
-            snap = _Snapshot(base, generation, time.monotonic(), base, int(ids[-1]) if len(ids) else 0)
+            snap = _Snapshot(base, generation, time.monotonic(), base, int(ids[-1]) if len(ids) else 0,
+                             partition=partition)
         snap.generation = generation
         self._snaps[key] = snap
         return snap
@@ -312,12 +324,13 @@ class IndexCache:
             return None
         if not len(new_ids) and len(gone) == len(snap.gone):
             return _Snapshot(snap.index, snap.generation, time.monotonic(), snap.base, snap.max_id,
-                             snap.tail, snap.gone)
+                             snap.tail, snap.gone, snap.partition)
         tail_ids, tail_vecs = tail.append(new_ids, new) if len(new_ids) else (
             tail.ids[:tail.n], tail.vecs[:tail.n])
         index = LayeredIndex(snap.base, tail_ids, tail_vecs, gone)
         max_id = int(new_ids[-1]) if len(new_ids) else snap.max_id
-        return _Snapshot(index, snap.generation, time.monotonic(), snap.base, max_id, tail, gone)
+        return _Snapshot(index, snap.generation, time.monotonic(), snap.base, max_id, tail, gone,
+                         snap.partition)
 
     def invalidate(self) -> None:
         """Forget every snapshot (after a rebuild or a change of index type)."""
@@ -330,6 +343,14 @@ class IndexCache:
     def size(self) -> int:
         snap = self._snaps.get("")
         return len(snap.index) if snap else 0
+
+
+def _wanted_partition(col: Collection, snap: _Snapshot) -> str:
+    """What ``snap.partition`` must be for ``snap`` to be served: the catalog's partition-model
+    setting if it is class-partitioned (one meta row read), else its own (no classes in it)."""
+    if snap.base.name != "class-partitioned":
+        return snap.partition
+    return col.catalog.get_meta(PARTITION_MODEL_KEY) or ""
 
 
 def thumbnail_path(directory: Path, image_id: int) -> Path:

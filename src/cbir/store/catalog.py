@@ -374,6 +374,11 @@ class Catalog:
             "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key='generation'"
         )
 
+    def bump_generation(self) -> None:
+        """Inside a transaction: a committed change that is not a row (a setting that changes
+        what the index holds, e.g. the partitioning model), seen by every generation check."""
+        self._bump()
+
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return default if row is None else row[0]

@@ -205,13 +205,16 @@ def search_with_model(col: Collection, model: ClassifierModel, query: Query, *, 
 def use_model(col: Collection, registry: ModelRegistry, name: str) -> None:
     """Make ``name`` the model whose classes partition the collection (caller holds the writer lock).
 
-    The index cache is dropped, so the next ``col.index()`` rebuilds it with the new classes.
+    The index cache is dropped, so the next ``col.index()`` rebuilds it with the new classes;
+    the catalog generation moves on in the same transaction as the setting, so every process
+    holding an index of the old classes (a running ``cbir serve``) sees it out of date.
     """
     model = registry.load(name)
     check_model(col, model)
     value = json.dumps({"name": name, "models_dir": str(registry.directory.resolve())})
     with col.catalog.transaction():
         col.catalog.set_meta(PARTITION_MODEL_KEY, value)
+        col.catalog.bump_generation()
     col.drop_index()
 
 
@@ -240,11 +243,13 @@ def load_used_model(col: Collection) -> ClassifierModel | None:
 
 
 def stop_using(col: Collection) -> bool:
-    """Go back to ImageNet top-1 partitioning; returns whether a model was in use."""
+    """Go back to ImageNet top-1 partitioning; returns whether a model was in use (the
+    generation moves on with the setting, as in :func:`use_model`)."""
     if col.catalog.get_meta(PARTITION_MODEL_KEY) in (None, ""):
         return False
     with col.catalog.transaction():
         col.catalog.set_meta(PARTITION_MODEL_KEY, "")
+        col.catalog.bump_generation()
     col.drop_index()
     return True
 
