@@ -11,8 +11,9 @@
 * ``GET|PUT /api/partition-model``: the trained model whose classes partition the collection's
   class-partitioned index (``cbir models use NAME`` / ``--none``); ``{"model": null}`` goes back to
   the extractor's classes. It takes the collection's writer lock without waiting (409 while a job
-  writes) and drops the saved index: searches rebuild it in memory with the new classes, the
-  next indexing or rebuild job saves it.
+  writes or is queued to), drops the saved index and starts the rebuild job that saves it again
+  (``job`` in the answer; ``index_job`` of ``GET /api/collection`` while it runs). Searches
+  meanwhile build it in memory with the new classes.
 
 The web page's other endpoints (duplicates, filter values, model curves, labels and model
 search) are in :mod:`cbir.service.page_routes`, words search in :mod:`cbir.service.scene_routes`.
@@ -27,6 +28,7 @@ import json
 import mimetypes
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -140,6 +142,21 @@ def _reader(state: ServiceState) -> ReaderCollection:
         raise ApiError(404, "no_collection", "there is no collection yet: index a folder first "
                        "(POST /api/index-jobs or the Index panel)")
     return reader
+
+
+#: job kinds that write the collection's catalog or index (under its writer lock)
+WRITING_JOBS = ("index", "clear", "rebuild")
+
+
+def writing_job(state: ServiceState) -> dict[str, Any] | None:
+    """This server's job that writes the collection now (running) or next (the first queued)."""
+    if state.store is None:
+        return None
+    for status in ("running", "queued"):
+        jobs = [j for j in state.store.list(limit=1000, status=status) if j["kind"] in WRITING_JOBS]
+        if jobs:
+            return jobs[-1]  # newest first: the last one is the one that runs first
+    return None
 
 
 def _kind(index_type: IndexType | None, state: ServiceState) -> str | None:
@@ -420,6 +437,8 @@ def collection_info(state: State) -> dict[str, Any]:
             state.readers.extractor().class_names)
     except Exception:  # noqa: BLE001 - the extractor cannot load: the searches will say why
         info["class_partitioned_available"] = bool(info["partition_model"])
+    job = writing_job(state)
+    info["index_job"] = {k: job[k] for k in ("id", "kind", "status")} if job else None
     return {"exists": True, **info}
 
 
@@ -592,13 +611,18 @@ def get_model(state: State, name: ModelName) -> dict[str, Any]:
     return training.get_model(state.directory, name)
 
 
+#: one change of the partitioning model at a time (its busy check sees the rebuild the last one queued)
+_PARTITION_CHANGE = threading.Lock()
+
+
 @router.delete("/api/models/{name}", responses=ERRORS, dependencies=Mutating, tags=["models"])
 def delete_model(state: State, name: ModelName) -> dict[str, Any]:
-    """Delete a trained model (and the collection's use of it for partitioning)."""
+    """Delete a trained model (and the collection's use of it for partitioning: then ``job`` is
+    the rebuild job that saves the index again with the extractor's classes)."""
     training.require()
     if not state.readers.exists():
         return training.delete_model(state.directory, name, None)
-    with Collection.open(state.directory) as col:
+    with _PARTITION_CHANGE, Collection.open(state.directory) as col:
         lock = col.writer_lock()
         if not lock.acquire():
             raise ApiError(409, "busy", "a job is writing to the collection; delete the model when it "
@@ -607,12 +631,21 @@ def delete_model(state: State, name: ModelName) -> dict[str, Any]:
             out = training.delete_model(state.directory, name, col)
         finally:
             lock.release()
-    state.index_cache.invalidate()
+        state.index_cache.invalidate()
+        if out.get("collection_stopped_using_it"):
+            out["job"] = _rebuild_for(state, None)
     return out
 
 
+def _rebuild_for(state: ServiceState, model: str | None) -> dict[str, Any]:
+    """Queue the rebuild job that saves the index dropped by a change of partitioning model
+    (called after the writer lock is released: the job takes it itself)."""
+    _, runner = _store(state)
+    return runner.submit("rebuild", {"index_type": None, "rescan": False, "partition_model": model})
+
+
 def _partition_out(state: ServiceState, name: str | None, note: str,
-                   previous: str | None = None) -> dict[str, Any]:
+                   previous: str | None = None, job: dict[str, Any] | None = None) -> dict[str, Any]:
     classes = None
     if name is not None:
         reg = training.registry(state.directory)
@@ -623,7 +656,7 @@ def _partition_out(state: ServiceState, name: str | None, note: str,
     except Exception:  # noqa: BLE001 - the extractor cannot load: searches will say why
         available = bool(name)
     return {"model": name, "classes": classes, "class_partitioned_available": available,
-            "previous": previous, "note": note}
+            "previous": previous, "note": note, "job": job}
 
 
 @router.get("/api/partition-model", response_model=PartitionModel, responses=ERRORS, tags=["models"])
@@ -642,25 +675,31 @@ def get_partition_model(state: State) -> dict[str, Any]:
     return _partition_out(state, name, note)
 
 
+BUSY = ("a job is writing to the collection (indexing, clearing or rebuilding){job}; choose the "
+        "partitioning model when it has finished")
+
+
 @router.put("/api/partition-model", response_model=PartitionModel, responses=ERRORS, dependencies=Mutating,
             tags=["models"])
 def set_partition_model(state: State, body: PartitionModelRequest) -> dict[str, Any]:
     """Choose the trained model whose classes partition the collection's class-partitioned index
     (`cbir models use NAME`), or ``{"model": null}`` to go back to the extractor's classes
-    (`cbir models use --none`). Nothing is rebuilt now: as the CLI, this drops the saved index;
-    searches build it again in memory from the catalog (a class-partitioned one with the new
-    classes) and the next indexing or rebuild job saves it. 409 while a job writes to the
-    collection (indexing, clear, rebuild): choose the model when it has finished."""
+    (`cbir models use --none`). As the CLI, this drops the saved index; the answer's ``job`` is the
+    rebuild job that saves it again (follow it like any job; until it has finished, searches build
+    the index in memory, class-partitioned ones with the new classes). 409 while a job writes to
+    the collection or is queued to (indexing, clear, rebuild, the rebuild of the last change):
+    choose the model when it has finished."""
     from cbir.train.apply import stop_using, use_model
 
     training.require()
     _reader(state)
+    _store(state)
     reg = training.registry(state.directory)
     name = body.model
     if name is not None and not reg.exists(name):
         raise ApiError(404, "not_found", f"no model named {name!r} (trained: "
                        f"{', '.join(reg.names()) or 'none yet'})")
-    with Collection.open(state.directory) as col:
+    with _PARTITION_CHANGE, Collection.open(state.directory) as col:
         try:
             previous, here = partition_model(state, col)
             damaged = False
@@ -669,10 +708,13 @@ def set_partition_model(state: State, body: PartitionModelRequest) -> dict[str, 
         if not damaged and previous == name and (here or name is None):
             return _partition_out(state, name, f"model {name} already partitions the index" if name
                                   else "no trained model partitions the index (nothing changed)", previous)
+        busy = writing_job(state)
+        if busy is not None:
+            raise ApiError(409, "busy", BUSY.format(
+                job=f": {busy['kind']} job {busy['id']} is {busy['status']}"))
         lock = col.writer_lock()
         if not lock.acquire():
-            raise ApiError(409, "busy", "a job is writing to the collection (indexing, clearing or "
-                           "rebuilding); choose the partitioning model when it has finished")
+            raise ApiError(409, "busy", BUSY.format(job=""))
         try:
             if name is None:
                 stop_using(col)
@@ -681,11 +723,11 @@ def set_partition_model(state: State, body: PartitionModelRequest) -> dict[str, 
         finally:
             lock.release()
         state.index_cache.invalidate()
-        note = ("the saved index was dropped: searches rebuild it in memory from the catalog, "
-                + (f"class-partitioned ones with model {name}'s classes" if name else
-                   "class-partitioned ones with the extractor's own classes, if it has any")
-                + "; the next indexing or rebuild job saves it again")
-        return _partition_out(state, name, note, previous)
+        job = _rebuild_for(state, name)
+    note = (f"the saved index was dropped; rebuild job {job['id']} saves it again (until it has "
+            "finished, searches build it in memory); class-partitioned searches use "
+            + (f"model {name}'s classes" if name else "the extractor's own classes, if it has any"))
+    return _partition_out(state, name, note, previous, job)
 
 
 def _new_model_name(state: ServiceState, name: str | None) -> str:

@@ -67,6 +67,12 @@ class ImageInfo(BaseModel):
     thumbnail_url: str
 
 
+class JobRef(BaseModel):
+    id: str
+    kind: JobKind
+    status: JobStatus
+
+
 class CollectionInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
     exists: bool
@@ -81,6 +87,9 @@ class CollectionInfo(BaseModel):
     class_partitioned_available: bool | None = Field(None, description="searches may ask for "
                                                      "index_type=class-partitioned: a model is in use, or "
                                                      "the extractor predicts classes")
+    index_job: JobRef | None = Field(None, description="this server's job that writes the collection's "
+                                     "index now (running) or next (queued): indexing, clear or rebuild, "
+                                     "e.g. the rebuild after PUT /api/partition-model; null: none")
 
 
 class Health(BaseModel):
@@ -196,3 +205,5 @@ class PartitionModel(BaseModel):
                                               "partitioned=true with this model)")
     previous: str | None = Field(None, description="the model in use before this change (PUT only)")
     note: str = Field(description="what happens next, for people")
+    job: Job | None = Field(None, description="PUT: the rebuild job that saves the index again with the "
+                            "new classes (follow it at /api/jobs/{id}); null when nothing changed")
