@@ -56,15 +56,32 @@ def use_server(tmp_path_factory) -> Iterator[dict]:
                           {"root": root, "geo": geo, "plain": plain})
 
 
+def _settle(url: str) -> None:
+    """Wait until the server has no job writing the index (the rebuild of a change of model)."""
+    t_end = time.monotonic() + 60
+    while True:
+        with urllib.request.urlopen(url + "/api/collection", timeout=10) as r:
+            if json.load(r)["index_job"] is None:
+                return
+        assert time.monotonic() < t_end, "the rebuild job did not finish"
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def server(use_server) -> dict:
-    """The module's server with no model in use (each test starts from there)."""
+    """The module's server with no model in use and no job running (each test starts from there)."""
+    _settle(use_server["url"])
     req = urllib.request.Request(use_server["url"] + "/api/partition-model", method="PUT",
                                  data=json.dumps({"model": None}).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert json.load(r)["model"] is None
+    _settle(use_server["url"])
     return use_server
+
+
+#: a rebuild job's child process starts, waits for the writer lock, rebuilds: seconds under load
+JOB_MS = 60_000
 
 
 def _add_flag_filter(pg, kind: str) -> None:
@@ -98,7 +115,10 @@ def _expected(coll: Path, image_id: int, k: int, n_partitions: int) -> list[str]
 
 
 def test_use_a_model_for_partitioned_search(open_page, server):
-    pg, _ = open_page(server["url"] + "/#models")
+    from cbir.store import WriterLock
+
+    pg, guard = open_page(server["url"] + "/#models")
+    guard.allow(r"status of 409")  # "Stop using" while the rebuild job is about to write, below
     row = pg.locator("#models tbody tr[data-model=m1]")
     expect(row).to_be_visible()
     expect(row.locator(".badge.in-use")).to_have_count(0)
@@ -110,11 +130,42 @@ def test_use_a_model_for_partitioned_search(open_page, server):
     expect(pg.locator("#partition-note")).to_contain_text("no model partitions the collection's index yet")
 
     pg.goto(server["url"] + "/#models")
-    row.locator("button.use").click()
-    expect(row.locator(".badge.in-use")).to_have_text("in use")
-    expect(row.locator("button.use")).to_have_text("Stop using")
-    expect(pg.locator("#info")).to_contain_text("model m1")
-    expect(pg.locator("#maint-status")).to_contain_text("model m1 now partitions the index")
+    expect(pg.locator("#stats")).to_contain_text("index exact")
+    with pg.expect_response(lambda r: r.url.endswith("/api/partition-model") and r.request.method == "PUT") \
+            as put:
+        row.locator("button.use").click()
+    job = put.value.json()["job"]
+    lock = WriterLock(server["coll"])
+    assert lock.acquire()  # the rebuild job (a process still starting) waits: its state shows meanwhile
+    try:
+        expect(pg.locator("#job-title")).to_have_text("rebuild for model m1")
+        expect(pg.locator("#job-status")).to_have_text(re.compile("^(queued|running)$"))
+        cell = pg.locator(f"#jobs tr[data-id='{job['id']}'] td[data-label=Folder]")
+        expect(cell).to_have_text("for model m1")  # the jobs table says it as the panel does
+        # the saved index is gone until the job saves it: the page says it is being rebuilt
+        expect(pg.locator("#stats")).to_contain_text("index being rebuilt")
+        expect(pg.locator("#stats")).not_to_contain_text("not built")
+        expect(pg.locator("#info")).to_contain_text("being rebuilt by a rebuild job")
+        expect(row.locator(".badge.in-use")).to_have_text("in use")
+        expect(row.locator("button.use")).to_have_text("Stop using")
+        expect(pg.locator("#info")).to_contain_text("model m1")
+        expect(pg.locator("#maint-status")).to_contain_text("model m1 now partitions the index")
+        expect(pg.locator("#maint-status")).to_contain_text(f"rebuild job {job['id']}")
+        # another change while the job is about to write: refused, said, nothing changed
+        row.locator("button.use").click()
+        expect(pg.locator("#error-text")).to_contain_text(f"rebuild job {job['id']}")
+        expect(row.locator(".badge.in-use")).to_have_text("in use")
+        shot(pg, "model-use-rebuilding-desktop.png")
+    finally:
+        lock.release()
+    expect(pg.locator("#job-status")).to_have_text("succeeded", timeout=JOB_MS)
+    expect(pg.locator("#progress-text")).to_contain_text("100 %")
+    expect(pg.locator("#stats")).to_contain_text("index exact")
+    expect(pg.locator("#info")).to_contain_text("exact (up to date)")
+    expect(pg.locator("#maint-status")).to_contain_text(
+        "model m1 now partitions the index; index rebuild: succeeded — rebuilt the exact index of 24 images")
+    pg.click("#error-close")  # the refusal above, read
+    expect(pg.locator("#error")).to_be_hidden()
     shot(pg, "model-use-desktop.png")
 
     # a partitioned model search (which hits it finds through m1's classes: test_service_model_use.py)
@@ -153,6 +204,9 @@ def test_use_a_model_for_partitioned_search(open_page, server):
     expect(row.locator(".badge.in-use")).to_have_count(0)
     expect(row.locator("button.use")).to_have_text("Use for partitioned search")
     expect(pg.locator("#info")).to_contain_text("none (no model in use)")
+    expect(pg.locator("#job-title")).to_have_text("rebuild for the extractor's classes")
+    expect(pg.locator("#job-status")).to_have_text("succeeded", timeout=JOB_MS)
+    expect(pg.locator("#info")).to_contain_text("exact (up to date)")
     pg.click("nav a[data-tab=search]")
     expect(status).to_contain_text("re-ranked by model m1")
     expect(status).not_to_contain_text("partitioned")
@@ -169,6 +223,9 @@ def test_use_a_model_phone(open_page, server):
     row = pg.locator("#models tbody tr[data-model=m1]")
     row.locator("button.use").click()
     expect(row.locator(".badge.in-use")).to_be_visible()
+    expect(pg.locator("#job-title")).to_have_text("rebuild for model m1")
+    expect(pg.locator("#job-status")).to_have_text("succeeded", timeout=JOB_MS)
+    expect(pg.locator("#stats")).to_contain_text("index exact")
     no_sideways_scroll(pg)
     shot(pg, "model-use-phone.png")
     pg.goto(server["url"] + "/#search")
@@ -186,6 +243,7 @@ def test_use_a_model_phone(open_page, server):
     pg.goto(server["url"] + "/#models")
     row.locator("button.use").click()
     expect(row.locator("button.use")).to_have_text("Use for partitioned search")
+    expect(pg.locator("#job-status")).to_have_text("succeeded", timeout=JOB_MS)
 
 
 def test_not_geotagged_chip(open_page, server):

@@ -150,7 +150,7 @@ async function loadHealth() {
     const c = await api("GET", "/api/collection");
     state.collection = c;
     $("#stats").textContent = c.exists
-      ? `${num(c.images)} images · ${c.extractor} · index ${c.index_type || "not built yet"}`
+      ? `${num(c.images)} images · ${c.extractor} · index ${c.index_type || indexBuilding(c) || "not built yet"}`
       : "no collection yet: index a folder to start";
     const empty = !c.exists || !c.images;
     $("#welcome").hidden = !empty;
@@ -708,7 +708,25 @@ function jobProgress(job) {
 }
 function jobTarget(job) {
   const p = job.params || {};
+  if (job.kind === "rebuild" && "partition_model" in p)  // started by a change of partitioning model
+    return p.partition_model ? `for model ${p.partition_model}` : "for the extractor's classes";
   return job.kind === "train" ? `model ${p.name || ""}` : p.path ? basename(p.path) : "";
+}
+// no saved index, and a job of this server is making it: say so (never "not built" meanwhile)
+function indexBuilding(c) {
+  return c.index_job ? (c.index_job.kind === "index" ? "being built" : "being rebuilt") : "";
+}
+// the maintenance line says how a job it started ended (the job panel shows its progress)
+function reportJobEnd(job, what) {
+  const wait = async () => {
+    try {
+      const j = await api("GET", `/api/jobs/${job.id}`);
+      if (ACTIVE.includes(j.status)) { setTimeout(wait, 300); return; }
+      $("#maint-status").textContent = `${what}: ${j.status} — ${j.message}`;
+      loadInfo(); loadHealth();
+    } catch (e) { showError(e); }
+  };
+  wait();
 }
 
 function renderJob(job) {
@@ -751,7 +769,7 @@ function followJob(id) {
     renderJob(job);
     if (!ACTIVE.includes(job.status)) {
       stopFollowing();
-      loadJobs(); loadHealth();
+      loadJobs(); loadHealth(); loadInfo();
       if (job.kind === "train") loadModels();
       if (job.status === "failed") showError(new Error(`job ${job.kind} failed: ${job.message}`));
       return true;
@@ -784,7 +802,7 @@ async function startIndex(path) {
 function jobRow(j) {
   return el("tr", { "data-id": j.id },
     el("td", { "data-label": "Kind" }, j.kind),
-    el("td", { class: "path", "data-label": "Folder" }, j.params.path || (j.kind === "train" ? j.params.name : "") || ""),
+    el("td", { class: "path", "data-label": "Folder" }, j.params.path || (j.kind === "train" ? j.params.name : jobTarget(j)) || ""),
     el("td", { "data-label": "Status" }, el("span", { class: "badge " + j.status }, j.status)),
     el("td", { "data-label": "Progress" }, jobProgress(j)),
     el("td", { class: "msg", "data-label": "Message" }, j.message),
@@ -819,7 +837,8 @@ async function loadInfo() {
     const c = await api("GET", "/api/collection");
     const rows = c.exists
       ? [["collection", c.collection], ["images", num(c.images)], ["failed files", num(c.errors)], ["extractor", c.extractor],
-         ["index", `${c.index_type || "not built"} (${c.index_up_to_date ? "up to date" : "will sync on next search"})`],
+         ["index", c.index_type ? `${c.index_type} (${c.index_up_to_date ? "up to date" : "will sync on next search"})`
+           : indexBuilding(c) ? `${indexBuilding(c)} by a ${c.index_job.kind} job` : "not built (will sync on next search)"],
          ["class partitions", c.partition_model ? `model ${c.partition_model}`
            : c.class_partitioned_available ? "the extractor's classes" : "none (no model in use)"],
          ["disk", bytes((c.catalog_bytes || 0) + (c.index_bytes || 0))]]
@@ -838,13 +857,7 @@ async function maintenance(kind) {
     $("#maint-status").textContent = `${kind} started…`;
     renderJob(job);
     followJob(job.id);
-    const wait = async () => {
-      const j = await api("GET", `/api/jobs/${job.id}`);
-      if (ACTIVE.includes(j.status)) { setTimeout(wait, 300); return; }
-      $("#maint-status").textContent = `${kind}: ${j.status} — ${j.message}`;
-      loadInfo(); loadHealth();
-    };
-    wait();
+    reportJobEnd(job, kind);
   } catch (e) { showError(e); }
 }
 
@@ -903,7 +916,14 @@ async function usePartitionModel(name, btn) {
   if (btn) btn.disabled = true;
   try {
     const out = await api("PUT", "/api/partition-model", { model: name });
-    $("#maint-status").textContent = name ? `model ${name} now partitions the index: ${out.note}` : `no model partitions the index now: ${out.note}`;
+    const now = name ? `model ${name} now partitions the index` : "no model partitions the index now";
+    $("#maint-status").textContent = `${now}: ${out.note}`;
+    if (out.job) {  // the rebuild that saves the index again: its progress like any job's
+      renderJob(out.job);
+      followJob(out.job.id);
+      reportJobEnd(out.job, `${now}; index rebuild`);
+      loadJobs();
+    }
     // results of a partitioned search by another partitioning are out of date: run it again
     // (unpartitioned if its model is no longer in use) when the search tab shows again
     if (state.shownPartitioned && state.shownPartitioned !== name) {
@@ -931,8 +951,17 @@ function searchWithModel(name) {
 
 async function deleteModel(name) {
   if (!confirm(`Delete model ${name}?`)) return;
-  try { await api("DELETE", `/api/models/${encodeURIComponent(name)}`); $("#curves").replaceChildren(); $("#labels").replaceChildren(); loadModels(); }
-  catch (e) { showError(e); }
+  try {
+    const out = await api("DELETE", `/api/models/${encodeURIComponent(name)}`);
+    $("#curves").replaceChildren(); $("#labels").replaceChildren(); loadModels();
+    if (out.job) {  // it partitioned the index: the rebuild with the extractor's classes
+      renderJob(out.job);
+      followJob(out.job.id);
+      reportJobEnd(out.job, `model ${name} deleted; index rebuild`);
+      loadJobs();
+    }
+    loadInfo(); loadHealth();
+  } catch (e) { showError(e); }
 }
 
 function showCurves(name) {
