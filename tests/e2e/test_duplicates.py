@@ -148,3 +148,54 @@ def test_similar_pairs_scans_hnsw_with_a_short_candidate_list(monkeypatch):
     s = x @ x.T
     truth = {(int(ids[i]), int(ids[j])) for i, j in zip(*np.nonzero(np.triu(s >= 0.9, 1)), strict=True)}
     assert len(truth) >= 60 and set(pairs) == truth
+
+
+def test_similar_pairs_on_an_8_bit_hnsw_checks_pairs_near_the_threshold_exactly(monkeypatch):
+    """An 8-bit HNSW index is scanned without re-scoring (one source read per candidate would
+    cost ~4x the scan); pairs within APPROX_MARGIN of the threshold are checked with the exact
+    features, so the pairs and their cosines are brute force's, including pairs planted just
+    above and just below the threshold."""
+    from cbir.duplicates import similar_pairs
+    from cbir.index import create_index
+
+    rng = np.random.default_rng(1)
+    x = np.abs(rng.standard_normal((3000, 64))).astype(np.float32) ** 2
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    # copies at cosines straddling 0.95: noise of growing size
+    noise = rng.standard_normal((80, 64)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    copies = x[:80] + np.linspace(0.2, 0.45, 80)[:, None] * noise
+    x = np.concatenate([x, copies / np.linalg.norm(copies, axis=1, keepdims=True)])
+    ids = np.arange(1, len(x) + 1, dtype=np.int64)
+    reads: list[int] = []
+
+    class Catalog:
+        def ok_ids(self):
+            return ids
+
+        def features(self, sel):
+            sel = np.asarray(sel, dtype=np.int64)
+            reads.append(len(sel))
+            return sel, x[sel - 1]
+
+    idx = create_index("hnsw", 64, dtype="int8")
+    idx.use_vector_source(Catalog().features)
+    idx.add(ids, x)
+
+    class Col:
+        catalog = Catalog()
+
+        def index(self):
+            return idx
+
+    reads.clear()
+    pairs = similar_pairs(Col(), 0.95)
+    s = x @ x.T
+    rows, cols = np.nonzero(np.triu(s >= 0.95, 1))
+    truth = {(int(ids[i]), int(ids[j])): float(s[i, j]) for i, j in zip(rows, cols, strict=True)}
+    assert 20 <= len(truth) <= 70, "the plant straddles the threshold"
+    assert set(pairs) == set(truth)
+    for key, cos in pairs.items():
+        assert abs(cos - truth[key]) < 1e-5
+    # the scan read the queries' features plus the candidates near the threshold, not k per image
+    assert sum(reads) < len(x) + 400

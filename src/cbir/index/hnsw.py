@@ -59,11 +59,13 @@ class HNSWIndex(IndexBase):
     ``ef_construction`` (build quality), ``ef_search`` (recall vs latency; also a search
     keyword), ``max_tombstones`` (fraction of dead slots that triggers a rebuild),
     ``dtype`` (how vectors are kept: "float32", "float16" or "int8"), ``k_factor`` (int8:
-    candidates re-scored per result; also a search keyword).
+    candidates re-scored per result; also a search keyword). Search keyword ``rescore=False``
+    (int8) returns the 8-bit scores without reading the source: for a caller that scans the
+    whole collection and checks the few pairs it keeps itself (``cbir.duplicates``).
     """
 
     name = "hnsw"
-    _search_kw = frozenset({"ef_search", "k_factor"})
+    _search_kw = frozenset({"ef_search", "k_factor", "rescore"})
 
     def __init__(
         self,
@@ -227,11 +229,15 @@ class HNSWIndex(IndexBase):
     def _check_search(self, q: np.ndarray, k: int, **kw: Any) -> dict[str, Any]:
         ef = kw.get("ef_search")
         kf = kw.get("k_factor")
+        rescore = kw.get("rescore", True)
+        if not isinstance(rescore, bool):
+            raise InvalidRequest(f"rescore must be true or false; got {rescore!r}")
         return {"ef_search": self.ef_search if ef is None else check_positive_int(ef, "ef_search"),
-                "k_factor": self.k_factor if kf is None else check_k_factor(kf)}
+                "k_factor": self.k_factor if kf is None else check_k_factor(kf),
+                "rescore": rescore}
 
     def _search(self, q: np.ndarray, k: int, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
-        if self.dtype != "int8":
+        if self.dtype != "int8" or not kw["rescore"]:
             return self._walk(q, k, kw["ef_search"])
         kk = min(len(self), max(k, math.ceil(k * kw["k_factor"])))
         scores, labels = self._walk(q, kk, kw["ef_search"])
