@@ -154,6 +154,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         from cbir.extras import require
 
         require("--index-type milvus", "milvus")
+        from cbir.index.milvus import URI_ENV, resolve_uri
+
+        if args.milvus_uri or os.environ.get(URI_ENV):
+            resolve_uri(args.milvus_uri)  # malformed, or a credential in it: before any work
     ray_options = _ray_options(args)
     with create_or_open_collection(args.collection, args.extractor) as col, col.writer_lock():
         if args.milvus_uri:

@@ -310,6 +310,9 @@ class Collection:
         return self.catalog.get_meta(MILVUS_URI_KEY) or os.environ.get("CBIR_MILVUS_URI") or None
 
     def set_milvus_uri(self, uri: str) -> None:
+        from cbir.index.milvus import resolve_uri
+
+        resolve_uri(uri)  # a well-formed URI with no credential in it: it is written to disk
         with self.catalog.transaction():
             self.catalog.set_meta(MILVUS_URI_KEY, uri)
 

@@ -159,3 +159,22 @@ def test_public_uri_hides_credentials() -> None:
     assert public_uri("https://[::1]:443") == "https://[::1]:443"
     assert public_uri("http://127.0.0.1:19530") == "http://127.0.0.1:19530"
     assert public_uri(None) is None
+
+
+@pytest.mark.parametrize("uri", ["http://root:S3cret-pw@127.0.0.1:1", "http://127.0.0.1:1/?token=S3cret-pw"])
+def test_a_uri_with_a_credential_is_refused_and_never_written(tmp_path, capsys, monkeypatch, uri) -> None:
+    """The collection writes its Milvus URI to disk, so a URI carrying a password or token is
+    refused before anything is written, with where the credential goes instead; the same URI
+    from $CBIR_MILVUS_URI is refused when the index would be created (no server is contacted)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _photo(photos / "a.jpg", 10, 0)
+    col = tmp_path / "col"
+    code, _, err = run(capsys, "-c", str(col), "index", str(photos), "--index-type", "milvus",
+                       "--milvus-uri", uri)
+    assert code != 0 and "CBIR_MILVUS_TOKEN" in err and "S3cret-pw" not in err
+    monkeypatch.setenv("CBIR_MILVUS_URI", uri)
+    code, _, err = run(capsys, "-c", str(col), "index", str(photos), "--index-type", "milvus")
+    assert code != 0 and "CBIR_MILVUS_TOKEN" in err and "S3cret-pw" not in err
+    written = b"".join(p.read_bytes() for p in col.rglob("*") if p.is_file())
+    assert b"S3cret-pw" not in written

@@ -34,6 +34,7 @@ import re
 import uuid
 from pathlib import Path
 from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -87,8 +88,24 @@ def resolve_uri(uri: str | None) -> str:
         raise InvalidRequest(f"the milvus index needs a server: pass --milvus-uri http://HOST:19530 "
                              f"(or set ${URI_ENV})")
     if not re.match(r"^(https?|tcp|grpc)://", uri):
-        raise InvalidRequest(f"Milvus URI must look like http://HOST:19530; got {uri!r}")
+        raise InvalidRequest(f"Milvus URI must look like http://HOST:19530; got {public_uri(uri)!r}")
+    check_no_credentials(uri)
     return uri
+
+
+def check_no_credentials(uri: str) -> None:
+    """Refuse a URI carrying a credential (``user:password@``, ``?token=``): the collection
+    writes its URI to disk (catalog, index file), and credentials must never be written."""
+    try:
+        parts = urlsplit(uri)
+        has_user = parts.username is not None or parts.password is not None
+    except ValueError:
+        raise InvalidRequest("the Milvus URI cannot be parsed") from None
+    if has_user or parts.query or parts.fragment:
+        raise InvalidRequest(
+            f"the Milvus URI {public_uri(uri)!r} carries a user, password or query: cbir writes the "
+            f"URI into the collection, so give the credential in ${TOKEN_ENV} (user:password or a "
+            f"token) or in a file named by ${TOKEN_FILE_ENV} instead")
 
 
 def public_uri(uri: str | None) -> str | None:
@@ -96,8 +113,6 @@ def public_uri(uri: str | None) -> str | None:
     string (``?token=...``), the places a credential can hide in a URI."""
     if not uri:
         return uri
-    from urllib.parse import urlsplit, urlunsplit
-
     try:
         parts = urlsplit(uri)
         host = parts.hostname or ""
