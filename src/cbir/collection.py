@@ -400,6 +400,13 @@ class Collection:
         index_bytes = sum(p.stat().st_size for p in self.index_dir.glob("*.faiss")) \
             if self.index_dir.exists() else 0
         ok = self.catalog.count("ok")
+        milvus: dict[str, Any] = {}
+        uri = self.catalog.get_meta(MILVUS_URI_KEY)
+        if uri or self.requested_index() == "milvus" or (state and state.kind == "milvus"):
+            from cbir.index.milvus import public_uri
+
+            milvus = {"milvus_uri": public_uri(uri or os.environ.get("CBIR_MILVUS_URI")) or None,
+                      "milvus_collection": self.catalog.get_meta(MILVUS_COLLECTION_KEY)}
         return {
             "collection": str(self.directory),
             "format_version": self.manifest.format_version,
@@ -415,4 +422,5 @@ class Collection:
             "index_bytes": index_bytes,
             "bytes_per_image": round((self.catalog.db_bytes() + index_bytes) / ok, 1) if ok else None,
             "error_reasons": self.catalog.error_summary()[:10],
+            **milvus,
         }

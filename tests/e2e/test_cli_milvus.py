@@ -55,6 +55,10 @@ def test_index_search_remove_serve_with_milvus(tmp_path, capsys, milvus_uri, mon
     assert header["params"]["collection"].startswith("cbir_") and header["count"] == 8
     raw = (Path(coll) / "index" / "milvus.faiss").read_bytes()
     assert b"Milvus" not in raw.replace(b"milvus", b"")  # no "root:Milvus"
+    code, out, err = run(capsys, "-c", coll, "info", "--json")  # where the vectors live
+    info = json.loads(out)
+    assert code == 0 and info["milvus_uri"] == milvus_uri
+    assert info["milvus_collection"] == header["params"]["collection"]
 
     code, out, err = run(capsys, "-c", coll, "search", str(photos / "p3.jpg"), "-k", "3", "--json")
     assert code == 0, err
