@@ -35,8 +35,9 @@ def ray_cluster() -> Iterator[None]:
 
     from cbir.extract.ray_engine import init_ray
 
-    init_ray(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024 * 1024,
-             log_to_driver=False)
+    # "local": a Ray of its own, even while another cluster runs on this machine
+    init_ray(address="local", num_cpus=2, include_dashboard=False,
+             object_store_memory=128 * 1024 * 1024, log_to_driver=False)
     try:
         yield
     finally:
@@ -228,6 +229,23 @@ def test_unreachable_cluster_fails_fast(photos: Path, tmp_path: Path, capsys) ->
                  "--ray-address", f"127.0.0.1:{port}"])
     assert code == 2
     assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+@needs_ray
+def test_local_ray_is_a_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --ray-address the engine starts a Ray of its own, even when $RAY_ADDRESS is set
+    or a cluster started on this machine left its address in /tmp/ray: plain ray.init() would
+    join that cluster and refuse the num_cpus given (seen next to a ray.cluster_utils.Cluster)."""
+    import ray
+
+    from cbir.extract.ray_engine import RayOptions, _start
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    assert _start(RayOptions()) is True
+    assert calls[0]["address"] == "local" and calls[0]["num_cpus"] >= 1
 
 
 def test_cli_without_ray_names_the_extra_before_any_work(monkeypatch: pytest.MonkeyPatch,

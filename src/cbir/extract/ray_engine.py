@@ -260,14 +260,15 @@ def init_ray(**kw: Any) -> None:
     try:
         ray.init(**kw)
     except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this one
-        if "address" in kw or "timed out during startup" not in str(e):
+        if kw.get("address", "local") != "local" or "timed out during startup" not in str(e):
             raise
         ray.shutdown()
         ray.init(**kw)
 
 
 def _start(options: RayOptions) -> bool:
-    """Connect to (or start) Ray; True when this call started it (so it is ours to stop)."""
+    """Connect to (or start) Ray; True when this call connected (so it is ours to disconnect:
+    ``ray.shutdown`` stops a local Ray started here, and only disconnects from a cluster)."""
     import ray
 
     if options.address is not None:
@@ -277,7 +278,10 @@ def _start(options: RayOptions) -> bool:
     kw: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                           "log_to_driver": False}
     if options.address is None:
-        kw.update(num_cpus=os.cpu_count() or 1,
+        # "local": a new Ray for this run even when $RAY_ADDRESS is set or a cluster started on
+        # this machine (`ray start`) left its address in /tmp/ray (Ray would join that one, and
+        # refuse num_cpus there)
+        kw.update(address="local", num_cpus=os.cpu_count() or 1,
                   object_store_memory=options.object_store_mb * 1024 * 1024)
     else:
         kw["address"] = options.address
