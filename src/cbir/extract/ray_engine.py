@@ -15,6 +15,10 @@ already indexed, embedded tags, photo metadata, decode, preprocess, embed), so f
 local ones, and each result row carries the tags and photo metadata (EXIF date, camera, GPS,
 displayed size) the driver stores with its batch: the driver never opens the photos.
 
+The actors are placed ``SPREAD`` over the nodes; each result row says which node read and which
+embedded its file, and the driver logs the tally (an INFO record of this module, with a
+``ray_nodes`` attribute).
+
 Fractional CPUs: an actor holds its CPU reservation for its whole life, so actors at
 ``num_cpus=1`` filling a node leave the read tasks no CPU to be scheduled on and the pipeline
 hangs without a word. Actors reserve ``actor_cpus`` (0.5) and read tasks ``read_cpus`` (0.25):
@@ -33,6 +37,7 @@ import math
 import os
 import socket
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +53,8 @@ from cbir.io.saferead import FileRefused, open_file, os_reason, read_fd
 
 #: rows per block of the planned-file dataset at most this many blocks (read tasks)
 MAX_BLOCKS = 10_000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,8 @@ def read_planned(path: str, label: str, ident: tuple[int, int] | None, *, max_by
 def _read_batch(batch: dict[str, np.ndarray], *, max_bytes: int, driver_node: str
                 ) -> dict[str, np.ndarray]:
     """Ray task: the bytes of each planned file, or the reason it cannot be read."""
-    same_node = _node_id() == driver_node
+    node = _node_id()
+    same_node = node == driver_node
     data: list[bytes] = []
     errors: list[str] = []
     for path, label, dev, ino in zip(batch["read_path"], batch["path"], batch["dev"],
@@ -115,7 +123,8 @@ def _read_batch(batch: dict[str, np.ndarray], *, max_bytes: int, driver_node: st
             data.append(b"")
             errors.append(e.reason or "cannot read the file")
     return {"key": batch["key"], "path": batch["path"],
-            "data": np.array(data, dtype=object), "error": np.array(errors, dtype=object)}
+            "data": np.array(data, dtype=object), "error": np.array(errors, dtype=object),
+            "node": np.array([node] * len(data), dtype=object)}
 
 
 class _Embedder:
@@ -166,7 +175,11 @@ class _Embedder:
         results = {r.key: r for r in embed_files(
             items, self.ext, batch_size=max(1, len(items)), decode_workers=1, infer_workers=1,
             regions=self.regions, read_hook=self._new_content, reader=reader, inspect=tags_and_meta)}
-        return _to_columns([results[k] for k in keys], self.ext, self.regions)
+        out = _to_columns([results[k] for k in keys], self.ext, self.regions)
+        # where each file was read and embedded: the driver tallies it (log record at the end)
+        out["read_node"] = np.asarray(batch["node"], dtype=object)
+        out["node"] = np.array([_node_id()] * len(keys), dtype=object)
+        return out
 
 
 def _to_columns(results: list[ItemResult[int]], ext: FeatureExtractor, regions: bool
@@ -336,6 +349,8 @@ def ray_embed_files(files: Sequence[FoundFile], extractor: FeatureExtractor, *,
     # fewer batches than actors (a small folder) is no problem worth a warning
     warnings.filterwarnings("ignore", "The minimum number of concurrent actors", UserWarning)
     started = _start(options)
+    embedded: Counter[str] = Counter()  # node id -> results embedded there
+    read: Counter[str] = Counter()  # node id -> files read there
     data_log = logging.getLogger("ray.data")
     level = data_log.level
     data_log.setLevel(logging.ERROR)  # "execution finished", "progress bars disabled"...
@@ -361,11 +376,16 @@ def ray_embed_files(files: Sequence[FoundFile], extractor: FeatureExtractor, *,
         ds = ds.map_batches(
             _Embedder, batch_size=batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=options.actor_cpus,
+            # one model per node before two on one (two 0.5-CPU actors fit on a 1-CPU node):
+            # Ray Data's default today, said here since it deprecates its scheduling settings
+            scheduling_strategy="SPREAD",
             fn_constructor_kwargs={"name": extractor.name, "kwargs": kwargs,
                                    "expected": expected, "regions": regions,
                                    "known": ray.put(_known_array(known_hashes))})
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                embedded.update(str(n) for n in batch["node"])
+                read.update(str(n) for n in batch["read_node"])
                 yield from _results(batch, files)
         except ray.exceptions.RayError as e:  # one line for the CLI, not a remote traceback
             cause = getattr(e, "cause", None)
@@ -374,5 +394,17 @@ def ray_embed_files(files: Sequence[FoundFile], extractor: FeatureExtractor, *,
             raise BackendUnavailable(f"the Ray engine failed: {_first_line(e)}") from e
     finally:
         data_log.setLevel(level)
-        if started:
+        _log_nodes(embedded, read)
+        if started:  # ours: a local Ray is stopped, a joined cluster only disconnected from
             ray.shutdown()
+
+
+def _log_nodes(embedded: Counter[str], read: Counter[str]) -> None:
+    """One INFO record: how many results each Ray node embedded and read (node id -> count),
+    also as the record's ``ray_nodes`` attribute ``{"embedded": {...}, "read": {...}}``."""
+    if not embedded:
+        return
+    log.info("Ray: %d result(s) embedded on %d node(s), read on %d node(s): %s",
+             sum(embedded.values()), len(embedded), len(read),
+             ", ".join(f"{n[:8]} {c}" for n, c in embedded.most_common()),
+             extra={"ray_nodes": {"embedded": dict(embedded), "read": dict(read)}})
