@@ -218,3 +218,32 @@ def test_serve_tuning_options(tmp_path, monkeypatch):
     for bad in (["--job-nice", "20"], ["--job-cpus", "-1"], ["--request-threads", "0"]):
         with pytest.raises(InvalidRequest, match=bad[0]):
             serve.build_config(p.parse_args(["--collection", str(tmp_path), *bad]))
+
+
+def test_stop_does_not_close_the_connection_the_index_warm_up_is_using(coll: Path, monkeypatch):
+    """Regression (a SIGSEGV in CI): the server warms the index in a thread at start; stop()
+    closed every registered reader, including the one that thread was querying. The warm-up
+    now reads through its own, unregistered connection, and stop() waits for it."""
+    from cbir.service.state import ServiceState
+
+    seen: dict[str, object] = {}
+    started, release = threading.Event(), threading.Event()
+    real_get = IndexCache.get
+
+    def slow_get(self, reader, kind):
+        seen["registered"] = reader in self.readers._opened
+        started.set()
+        release.wait(5)
+        seen["generation"] = reader.catalog.generation()  # the connection is still open
+        return real_get(self, reader, kind)
+
+    monkeypatch.setattr(IndexCache, "get", slow_get)
+    state = ServiceState(ServiceConfig(collection=coll))
+    state.start()
+    assert started.wait(10)
+    threading.Timer(0.3, release.set).start()
+    t0 = time.monotonic()
+    state.stop()  # waits for the warm-up, which finishes on its own connection
+    assert seen["registered"] is False
+    assert isinstance(seen["generation"], int) and time.monotonic() - t0 >= 0.25
+    assert state._warm is not None and not state._warm.is_alive()

@@ -94,16 +94,18 @@ class Readers:
                     self._extractor = ext
         return self._extractor
 
-    def open(self) -> ReaderCollection:
-        """A new reader (own connection) the caller must register or close."""
+    def open(self, register: bool = True) -> ReaderCollection:
+        """A new reader (own connection). Registered readers are closed by ``close()``; an
+        unregistered one belongs to the caller alone, which must close it."""
         manifest = self.manifest()
         if manifest is None:
             raise CollectionError("no collection yet: index a folder first")
         col = ReaderCollection(self.directory, manifest,
                                Catalog(self.directory / CATALOG_NAME, manifest.dim))
         col._extractor = self.extractor()
-        with self._lock:
-            self._opened.append(col)
+        if register:
+            with self._lock:
+                self._opened.append(col)
         return col
 
     def get(self) -> ReaderCollection | None:
@@ -385,6 +387,7 @@ class ServiceState:
         self._writing = 0
         self.index_cache = IndexCache(self.readers, config.index_refresh_seconds, lambda: self._writing > 0)
         self._lock_fd: int | None = None
+        self._warm: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -407,12 +410,15 @@ class ServiceState:
                                              "rebuild": self._run_rebuild, "train": self._run_train})
         self.runner.start()
         if self.readers.exists():  # the first search should not pay for loading the index
-            threading.Thread(target=self._warm_index, name="cbir-index-warm", daemon=True).start()
+            self._warm = threading.Thread(target=self._warm_index, name="cbir-index-warm", daemon=True)
+            self._warm.start()
 
     def _warm_index(self) -> None:
         """Load (memory-map) the collection's index and sync it, before any search asks."""
         try:
-            reader = self.readers.open()
+            # its own connection: stop() closes the registered readers, and closing one while
+            # this thread runs a query on it crashed the process (SIGSEGV in sqlite3)
+            reader = self.readers.open(register=False)
             try:
                 self.index_cache.get(reader, None)
             finally:
@@ -423,6 +429,8 @@ class ServiceState:
     def stop(self) -> None:
         if self.runner is not None:
             self.runner.stop()
+        if self._warm is not None:
+            self._warm.join(timeout=10.0)  # mapping an index takes milliseconds; a big sync may not
         self.index_cache.invalidate()
         self.readers.close()
         if self.store is not None:
