@@ -376,9 +376,9 @@ def ray_embed_files(files: Sequence[FoundFile], extractor: FeatureExtractor, *,
         ds = ds.map_batches(
             _Embedder, batch_size=batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=options.actor_cpus,
-            # one model per node before two on one (two 0.5-CPU actors fit on a 1-CPU node):
-            # Ray Data's default today, said here since it deprecates its scheduling settings
-            scheduling_strategy="SPREAD",
+            # one model per node before two on one comes from Ray Data's default placement
+            # (SPREAD); not passed here: ``scheduling_strategy`` only goes through the deprecated
+            # ``ray_remote_args`` (removed in Ray 2.64). tests/unit/test_ray_multinode.py checks it
             fn_constructor_kwargs={"name": extractor.name, "kwargs": kwargs,
                                    "expected": expected, "regions": regions,
                                    "known": ray.put(_known_array(known_hashes))})
