@@ -48,6 +48,30 @@ def wait_job(client: TestClient, job_id: str, timeout: float = 60.0,
     raise AssertionError(f"job {job_id} did not finish in {timeout} s")
 
 
+def make_exif_photos(folder: Path, n: int, make: str, model: str, year: int | None, seed: int,
+                     gps: bool = False) -> list[Path]:
+    """``n`` JPEGs of colour blocks whose EXIF names the camera (Make 0x010F, Model 0x0110), the
+    date (DateTime 0x0132, in ``year``; none when None) and, when ``gps``, a GPS position."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        arr = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8).repeat(16, 0).repeat(16, 1)
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110] = make, model
+        if year is not None:
+            exif[0x0132] = f"{year}:07:{i + 1:02d} 10:00:00"
+        if gps:
+            pos = exif.get_ifd(0x8825)
+            pos.update({1: "N", 2: (48.0, 51.0, 24.0), 3: "E", 4: (2.0, 21.0, 3.0)})
+        paths.append(folder / f"{folder.name}_{i:02d}.jpg")
+        Image.fromarray(arr, "RGB").save(paths[-1], exif=exif, quality=95)
+    return paths
+
+
 def make_other_images(dir: Path, n: int, seed: int = 99) -> list[Path]:
     """``n`` PNGs of random colour blocks, unlike make_good_images' stripes."""
     import numpy as np

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from badfiles import make_good_images
-from conftest import build_collection, make_other_images, needs_service
+from conftest import build_collection, make_exif_photos, make_other_images, needs_service
 
 ARTIFACTS = Path(__file__).with_name("artifacts")
 CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -122,24 +122,6 @@ def scene_server(tmp_path_factory) -> Iterator[dict]:
         index_paths(col, [root / "photos"], progress=False)
         train_concepts(col, vectors=None)
     yield from _serve(tmp, coll, ["--allow-root", str(root)], {"root": root, "truth": truth})
-
-
-def make_exif_photos(folder: Path, n: int, make: str, model: str, year: int, seed: int) -> list[Path]:
-    """``n`` JPEGs of colour blocks whose EXIF names the camera (Make 0x010F, Model 0x0110) and the
-    date (DateTime 0x0132, in ``year``)."""
-    import numpy as np
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        arr = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8).repeat(16, 0).repeat(16, 1)
-        exif = Image.Exif()
-        exif[0x010F], exif[0x0110], exif[0x0132] = make, model, f"{year}:07:{i + 1:02d} 10:00:00"
-        paths.append(folder / f"{folder.name}_{i:02d}.jpg")
-        Image.fromarray(arr, "RGB").save(paths[-1], exif=exif, quality=95)
-    return paths
 
 
 @pytest.fixture(scope="module")

@@ -18,28 +18,14 @@ import numpy as np
 import pytest
 
 from badfiles import make_good_images
-from conftest import make_other_images, needs_service, wait_job
+from conftest import make_exif_photos, make_other_images, needs_service, wait_job
 
 needs_service()
 
 
 def make_gps_photos(folder: Path, n: int, seed: int, gps: bool) -> list[Path]:
-    """``n`` JPEGs of colour blocks, with a GPS position in their EXIF when ``gps``."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        arr = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8).repeat(16, 0).repeat(16, 1)
-        exif = Image.Exif()
-        exif[0x010F], exif[0x0110] = "Canon", "Canon EOS R6"
-        if gps:
-            pos = exif.get_ifd(0x8825)
-            pos.update({1: "N", 2: (48.0, 51.0, 24.0), 3: "E", 4: (2.0, 21.0, 3.0)})
-        paths.append(folder / f"{folder.name}_{i:02d}.jpg")
-        Image.fromarray(arr, "RGB").save(paths[-1], exif=exif, quality=95)
-    return paths
+    """``n`` JPEGs of colour blocks from a Canon, with a GPS position in their EXIF when ``gps``."""
+    return make_exif_photos(folder, n, "Canon", "Canon EOS R6", None, seed, gps=gps)
 
 
 @pytest.fixture(scope="module")

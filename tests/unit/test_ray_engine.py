@@ -44,10 +44,8 @@ def ray_cluster() -> Iterator[None]:
         ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_photos(d: Path) -> Path:
     """12 JPEGs of different sizes and content, a truncated JPEG and a text file named .jpg."""
-    d = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(7)
     for i in range(N_GOOD):
         h, w = 120 + 16 * i, 200 - 6 * i
@@ -60,6 +58,11 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "truncated.jpg").write_bytes(good[: len(good) // 3])
     (d / "notes.jpg").write_text("not an image at all\n")
     return d
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_photos(tmp_path_factory.mktemp("photos"))
 
 
 def _features(col_dir: Path) -> dict[str, tuple[np.ndarray | None, int | None, str, str | None]]:

@@ -30,15 +30,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from test_ray_engine import N_GOOD, _features, make_photos
 
-from cbir.collection import Collection
 from cbir.extras import available
 
 pytestmark = pytest.mark.skipif(not available("ray"),
                                 reason="the 'ray' extra is not installed: pip install 'cbir[ray]'")
 
-N_GOOD = 12
 NODE_STORE = 80 * 1024 * 1024  # object store per node (Ray's minimum is ~75 MB)
 
 
@@ -67,20 +65,7 @@ def two_nodes() -> Iterator[tuple[Any, set[str]]]:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 JPEGs of different sizes and content, a truncated JPEG and a text file named .jpg."""
-    d = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(11)
-    for i in range(N_GOOD):
-        h, w = 100 + 12 * i, 180 - 5 * i
-        yy, xx = np.mgrid[0:h, 0:w]
-        base = np.stack([(xx * (i + 2)) % 256, (yy * 5 + 30 * i) % 256, (xx + 2 * yy) % 256], -1)
-        img = Image.fromarray(np.clip(base + rng.integers(0, 50, (h, w, 3)), 0, 255)
-                              .astype(np.uint8))
-        img.save(d / f"p{i:02d}.jpg", quality=90)
-    good = (d / "p00.jpg").read_bytes()
-    (d / "truncated.jpg").write_bytes(good[: len(good) // 3])
-    (d / "notes.jpg").write_text("not an image at all\n")
-    return d
+    return make_photos(tmp_path_factory.mktemp("photos"))
 
 
 def _cli_index(photos: Path, col: Path, capsys: pytest.CaptureFixture[str], *engine: str,
@@ -91,16 +76,6 @@ def _cli_index(photos: Path, col: Path, capsys: pytest.CaptureFixture[str], *eng
     out = json.loads(capsys.readouterr().out)
     assert got == code, out  # 1: done, but files were skipped
     return out
-
-
-def _features(col_dir: Path) -> dict[str, tuple[np.ndarray | None, int | None, str, str | None]]:
-    """file name -> (feature, top class, status, error) of every catalog row."""
-    with Collection.open(col_dir) as col:
-        out = {}
-        for rec in col.catalog.iter_records():
-            full = col.catalog.get(id=rec.id, with_feature=True)
-            out[Path(rec.path).name] = (full.feature, full.top_class, full.status, full.error)
-        return out
 
 
 def _skipped(report: dict[str, Any]) -> dict[str, str]:

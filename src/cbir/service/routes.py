@@ -172,6 +172,16 @@ def _kind(index_type: IndexType | None, state: ServiceState) -> str | None:
     return kind
 
 
+def class_partitioned_available(state: ServiceState, model: str | None) -> bool:
+    """Whether the class-partitioned index has classes: a partitioning model, or the extractor's."""
+    if model:
+        return True
+    try:
+        return bool(state.readers.extractor().class_names)
+    except Exception:  # noqa: BLE001 - the extractor cannot load: the searches will say why
+        return False
+
+
 def partition_model(state: ServiceState, col: Collection | None = None) -> tuple[str | None, bool]:
     """(name of the model whose classes partition the collection's class-partitioned index or
     None, whether it is one of this server's models in ``<collection>/models``).
@@ -432,11 +442,7 @@ def collection_info(state: State) -> dict[str, Any]:
         info["partition_model"] = partition_model(state, reader)[0]
     except CollectionError as e:  # a damaged setting: say so, the rest of the answer stands
         info["partition_model"], info["partition_model_error"] = None, str(e)
-    try:
-        info["class_partitioned_available"] = bool(info["partition_model"]) or bool(
-            state.readers.extractor().class_names)
-    except Exception:  # noqa: BLE001 - the extractor cannot load: the searches will say why
-        info["class_partitioned_available"] = bool(info["partition_model"])
+    info["class_partitioned_available"] = class_partitioned_available(state, info["partition_model"])
     job = writing_job(state)
     info["index_job"] = {k: job[k] for k in ("id", "kind", "status")} if job else None
     return {"exists": True, **info}
@@ -651,11 +657,8 @@ def _partition_out(state: ServiceState, name: str | None, note: str,
         reg = training.registry(state.directory)
         with contextlib.suppress(Exception):  # a model deleted or damaged since: no classes to show
             classes = list(reg.meta(name).get("classes") or [])
-    try:
-        available = bool(name) or bool(state.readers.extractor().class_names)
-    except Exception:  # noqa: BLE001 - the extractor cannot load: searches will say why
-        available = bool(name)
-    return {"model": name, "classes": classes, "class_partitioned_available": available,
+    return {"model": name, "classes": classes,
+            "class_partitioned_available": class_partitioned_available(state, name),
             "previous": previous, "note": note, "job": job}
 
 
