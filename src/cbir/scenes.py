@@ -243,11 +243,13 @@ class SceneResult:
 
 
 def parse_query(model: Any, query: str | Sequence[str], vectors: Any | None = None) -> Any:
+    from cbir.concepts.builtin import load_builtin
     from cbir.concepts.query import parse_concept_query
 
     if vectors is None:
         vectors = synonym_vectors()
-    return parse_concept_query(query, model.concepts, vectors)
+    # a real word the model lacks ("horse" when it learnt "shore") is not a misspelling
+    return parse_concept_query(query, model.concepts, vectors, is_word=load_builtin().is_word)
 
 
 def synonym_vectors() -> Any | None:
@@ -262,6 +264,8 @@ def synonym_vectors() -> Any | None:
 
 #: a trained concept with fewer training images than this defers to a built-in one (issue 11)
 MIN_TRAINING_IMAGES = 10
+#: how the built-in concepts read a word that names one of them (not a guess)
+LITERAL = ("exact", "plural", "multi-word")
 
 
 def weak_concepts(model: Any, concepts: Sequence[int] | None = None) -> list[str]:
@@ -306,7 +310,10 @@ def scene_search(col: Collection, query: str | Sequence[str], *, k: int = 20, mo
         return _merged_search(col, model, query, k=k, min_score=min_score, vectors=vectors,
                               allowed=allowed)
     q = model.query(parsed.concepts)
-    if weak_concepts(model, q) and not named:  # a concept learnt from a handful of images
+    inexact = any(t["how"] != "exact" for t in parsed.terms)
+    if (weak_concepts(model, q) or inexact) and not named:
+        # a concept learnt from a handful of images, or a word the model only reads as a
+        # synonym: the built-in concepts may know the word itself (one vocabulary, part 2)
         return _merged_search(col, model, query, k=k, min_score=min_score, vectors=vectors,
                               allowed=allowed)
     return _ssir_search(col, model, q, k=k, min_score=min_score, notes=parsed.notes, terms=parsed.terms,
@@ -527,9 +534,11 @@ def _merged_search(col: Collection, model: Any, query: str | Sequence[str], *, k
     """One vocabulary of the trained and the built-in concepts (issue 11, part 2).
 
     Each word goes to the trained model when it knows it by name and learnt it from at least
-    MIN_TRAINING_IMAGES images, else to the built-in concepts when they can read it, else to
-    the trained model's synonym or spelling match (a weak trained concept is still used, with
-    a note, when nothing else knows the word). A trained word's probability is the model's
+    MIN_TRAINING_IMAGES images; else to the built-in concepts when the word is one of theirs
+    (a lemma, a plural, a multi-word name: "horse" is never a misspelling of a trained
+    "shore"); else to the trained model's synonym or spelling match; else to the built-in
+    concepts' own guess (meaning neighbours, spelling). A weak trained concept is still used,
+    with a note, when nothing else knows the word. A trained word's probability is the model's
     fused single-concept estimate P(c | the image's pixels and tags); a built-in word's is the
     image's probability mass on the concept's ImageNet classes. Images are ranked by the
     geometric mean over the words: every word must be shown.
@@ -559,7 +568,11 @@ def _merged_search(col: Collection, model: Any, query: str | Sequence[str], *, k
             plan.append(("trained", (c, t.terms[0])))
             continue
         try:
-            resolve_words([w])
+            (r,), _ = resolve_words([w])
+            if t is not None and not weak and r.how not in LITERAL:
+                # both only guess (a synonym or spelling of the library's own concept vs a
+                # built-in neighbour): the library's own concept
+                raise InvalidRequest("the trained model's guess first")
             plan.append(("builtin", w))
             if weak:
                 notes.append(f"model {model.name!r} learnt {model.concepts[c]!r} from fewer than "

@@ -92,3 +92,41 @@ def test_trained_and_builtin_concepts_form_one_vocabulary(tmp_path, capsys) -> N
     # a word neither knows is refused, naming it
     assert main(["-c", str(coll), "scene", "red", "qzxv", "-k", "3"]) == 2
     assert "qzxv" in capsys.readouterr().err
+
+
+def test_a_real_word_is_never_read_as_a_misspelt_trained_concept(tmp_path, capsys) -> None:
+    """The library's tags taught "shore" (from plenty of images) but not "horse": `scene horse`
+    once read 'horse' as a misspelling of 'shore' and ranked shore photos. A real word the
+    trained model lacks goes to the built-in concepts; naming the model refuses it."""
+    photos = tmp_path / "photos"
+    truth = make_tagged_photos(photos, n_tagged=60, n_untagged=4)
+    for side in photos.glob("img*.txt"):
+        if "red" in side.read_text():
+            side.write_text(side.read_text() + ", shore")
+    coll = tmp_path / "coll"
+    with Collection.create_or_open(coll, "colorhist") as col, col.writer_lock():
+        index_paths(col, [photos], progress=False)
+        for rec in col.catalog.iter_records("ok"):
+            p = np.full(1000, 1e-5, dtype=np.float32)
+            p[339 if rec.path.endswith("untagged1.png") else 281] = 0.9  # 339: sorrel, a horse
+            col.catalog.db.execute("UPDATE images SET class_probs=? WHERE id=?",
+                                   (pack_class_probs(p), rec.id))
+        col.catalog._bump()
+    assert sum("red" in t for t in truth.values()) >= 20
+    assert main(["-c", str(coll), "concepts", "train", "--vectors", "none", "--min-support", "3"]) == 0
+    capsys.readouterr()
+    assert main(["-c", str(coll), "concepts", "show", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["concepts"]["shore"] >= 10 and "horse" not in info["concepts"]
+    assert main(["-c", str(coll), "scene", "horse", "-k", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["model"] == "builtin" and res["query"] == ["horse"], res
+    assert res["hits"][0]["path"].endswith("untagged1.png")
+    # the trained model, named, does not guess either: it refuses the word
+    assert main(["-c", str(coll), "scene", "horse", "--model", "scenes"]) == 2
+    err = capsys.readouterr().err
+    assert "horse" in err and "shore" in err  # suggested, not silently substituted
+    # a real misspelling of a trained concept is still read as it
+    assert main(["-c", str(coll), "scene", "shoer", "-k", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["query"] == ["shore"] and res["terms"][0]["how"] == "spelling", res

@@ -39,7 +39,7 @@ def _open(args: argparse.Namespace) -> Any:
 
 
 def cmd_concepts_train(args: argparse.Namespace) -> int:
-    from cbir.scenes import train_concepts
+    from cbir.scenes import MIN_TRAINING_IMAGES, train_concepts, weak_concepts
 
     with _open(args) as col:
         model = train_concepts(col, name=args.name, vocab=args.vocab, vectors=args.vectors,
@@ -49,14 +49,25 @@ def cmd_concepts_train(args: argparse.Namespace) -> int:
     summary = {"name": model.name, "concepts": len(model.concepts),
                "concept_sets": model.vocabulary.n_itemsets, "text_branch": model.text is not None,
                "weights": [round(float(w), 4) for w in model.weights], "k_rc": model.k_rc,
-               "train_seconds": model.meta.get("train_seconds")}
+               "train_seconds": model.meta.get("train_seconds"),
+               "logodds": None if model.logodds is None else model.logodds.to_dict(),
+               "weak_concepts": weak_concepts(model)}
     if args.json:
         print_json(summary)
     else:
-        w = summary["weights"]
+        fusion = "linear, a = ({})".format(", ".join(f"{x:.3f}" for x in summary["weights"]))
+        if model.logodds is not None:
+            fusion = "log-odds, visual w1 {:.2f} w2 {:.2f}".format(*model.logodds.visual[1:])
+            if model.logodds.joint is not None:
+                fusion += f", tagged u_v {model.logodds.joint[1]:.2f}"
         print(f"concept model {model.name!r}: {summary['concepts']} concepts, {summary['concept_sets']} "
               f"concept sets, text branch {'yes' if summary['text_branch'] else 'no (no usable tags)'}; "
-              f"fusion a = ({', '.join(f'{x:.3f}' for x in w)}); {summary['train_seconds']} s")
+              f"fusion {fusion}; {summary['train_seconds']} s")
+        weak = summary["weak_concepts"]
+        if weak:
+            print(f"note: {len(weak)} concept(s) learnt from fewer than {MIN_TRAINING_IMAGES} images "
+                  f"(e.g. {', '.join(weak[:5])}): searches read those words with the built-in "
+                  "concepts when they know them (`cbir concepts show` flags them)")
     return EXIT_OK
 
 

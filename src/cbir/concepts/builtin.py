@@ -435,6 +435,12 @@ class BuiltinConcepts:
         err.suggestions = suggestions  # type: ignore[attr-defined]
         raise err
 
+    def is_word(self, word: str) -> bool:
+        """Whether ``word`` is a real WordNet noun (a concept, its plural, or another noun):
+        such a word is never read as a misspelling of something else."""
+        key = _norm(word)
+        return bool(key) and (self._lookup(key) is not None or self._is_other_word(key) is not None)
+
     def vocabulary_key(self, concept_id: int) -> str:
         """The index key of the concept's display name (its first lemma)."""
         return _norm(self.names[self._check_id(concept_id)])

@@ -4,7 +4,8 @@ Each term is normalised like a tag (case, plural) and looked up in the vocabular
 the vocabulary lacks is mapped to its nearest concept by tag-vector cosine similarity
 (a synonym: "seaside" -> "beach"; the MiniLM sentence model finds these far better than
 GloVe-50d, which puts "seaside" nearest to "hillside") when that similarity reaches
-``min_similarity``, else to a close spelling ("montains" -> "mountain"); otherwise the
+``min_similarity``, else to a close spelling ("montains" -> "mountain") unless the term is
+itself a real word (``is_word``: "horse" is not a misspelling of "shore"); otherwise the
 query is refused with the closest concepts as suggestions. Terms are separated by commas
 or "+" when the query has any (so multi-word concepts can be typed), else by white space.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,11 +83,14 @@ def _nearest(term: str, concepts: Sequence[str], vectors: Any) -> tuple[str | No
 
 
 def parse_concept_query(query: str | Sequence[str], concepts: Sequence[str], vectors: Any | None = None,
-                        *, min_similarity: float = MIN_SIMILARITY) -> ParsedQuery:
+                        *, min_similarity: float = MIN_SIMILARITY,
+                        is_word: Callable[[str], bool] | None = None) -> ParsedQuery:
     """Map a query's terms to ``concepts``; see the module docstring.
 
     vectors: a :class:`~cbir.concepts.tag_vectors.TagVectors` for synonyms (None: exact
-    names and spellings only). Duplicate concepts are kept once.
+    names and spellings only). is_word(term): True for a real word, which is then never
+    read as a misspelling of a concept (None: every term may be). Duplicate concepts are
+    kept once.
     """
     vocab = set(concepts)
     normalized: dict[str, str] = {}
@@ -101,7 +105,7 @@ def parse_concept_query(query: str | Sequence[str], concepts: Sequence[str], vec
             cand, sim = _nearest(term, list(concepts), vectors)
             if cand is not None and sim >= min_similarity:
                 hit, how = cand, "synonym"
-        if hit is None:
+        if hit is None and not (is_word is not None and is_word(term)):
             key = normalize_tag(term) or term.lower()
             close = difflib.get_close_matches(key, list(concepts), n=1, cutoff=MIN_SPELLING)
             if close:

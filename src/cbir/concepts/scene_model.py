@@ -522,8 +522,10 @@ def train_scene_model(
     model.meta["fusion"] = {k: v for k, v in fitted.items() if k not in ("weights", "calibration", "logodds")}
     model.meta["components"] = list(COMPONENTS)
     model.meta["train_seconds"] = round(time.perf_counter() - t0, 2)
-    log("fusion weights " + ", ".join(f"{c} {w:.3f}" for c, w in zip(COMPONENTS, model.weights, strict=True))
-        + f" (from {fitted['queries']} validation queries)")
+    log("eq. 7 linear fusion weights " + ", ".join(f"{c} {w:.3f}" for c, w in
+                                                   zip(COMPONENTS, model.weights, strict=True))
+        + f" (from {fitted['queries']} validation queries; kept for the ablation"
+        + (", searches use the log-odds fusion)" if model.logodds is not None else ")"))
     if model.logodds is not None:
         lo = model.logodds
         log("log-odds fusion: visual b {:.2f} w1 {:.2f} w2 {:.2f}".format(*lo.visual) + (
