@@ -47,7 +47,11 @@ def main() -> int:
     paths = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
     prep = EfficientNetLite0()
     x = np.stack([prep.preprocess(load_image(p, target_size=224)) for p in paths[:args.limit]])
-    batches = [x[i:i + args.batch] for i in range(0, len(x), args.batch)]
+    # the int8 graph takes the uint8 pixels (tools/quantize_model.py uint8_input)
+    pixels = np.rint(x * 128 + 127).astype(np.uint8)
+    inputs = {"fp32": [x[i:i + args.batch] for i in range(0, len(x), args.batch)],
+              "int8": [pixels[i:i + args.batch] for i in range(0, len(x), args.batch)]}
+    batches = list(inputs["fp32"])  # the inputs of the model being timed
     cores = os.cpu_count() or 1
 
     def timed(one, workers: int) -> tuple[float, list]:
@@ -85,6 +89,7 @@ def main() -> int:
 
     rows = []
     for label, path in (("fp32", packaged_onnx()), ("int8", packaged_int8_onnx())):
+        batches[:] = inputs[label]
         ref = None
         for runtime, layout, fn in (
                 ("onnxruntime", "2x1", lambda p=path: ort_case(p, cores, 1)),

@@ -15,6 +15,13 @@ a new extractor name. Keeping the fp32 classifier head (``nodes_to_exclude=["/_f
 measured and rejected: top-1 agreement with fp32 +0.003 on Wang-1K, +0.001 on Corel-5K, -0.0005
 on CIFAR-10 (bench/bench_int8_quality.py): the label flips come from the backbone.
 
+Input: uint8 pixels. MinMax calibration of the normalised input ``(p - 127) / 128`` over
+images holding both black and white gives exactly scale 1/128 and zero point 127, so the
+graph's first QuantizeLinear maps ``(p - 127) / 128`` back to ``p``: ``uint8_input`` removes
+that node (after checking those two numbers) and makes the graph take the uint8 pixels
+themselves. The outputs are bit-identical to the float-input graph, and indexing skips the
+float conversion, the normalisation and 4x the bytes per image (docs/pipeline.md).
+
 Quantisation: ``onnxruntime.quantization.quantize_static`` (QuantFormat.QDQ, per_channel=True,
 QInt8 weights, QUInt8 activations, MinMax calibration). Not ``quantize_dynamic``: its
 ConvInteger path is ~7x slower than fp32 on the CPU.
@@ -171,15 +178,49 @@ def build(out: Path) -> None:
                         calibrate_method=CalibrationMethod.MinMax,
                         calibration_providers=["CPUExecutionProvider"])
         print(f"quantize_static: {time.perf_counter() - t0:.1f}s")
+    uint8_input(out)
+
+
+def uint8_input(path: Path) -> None:
+    """Make the QDQ graph at ``path`` take uint8 pixels: drop its input QuantizeLinear, which
+    must have scale 1/128 and zero point 127 (then it maps ``(p - 127) / 128`` to ``p``
+    exactly, and the graph computes the same numbers). Rewrites the file in place."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+    first = g.node[0]
+    if first.op_type != "QuantizeLinear" or first.input[0] != "input":
+        sys.exit(f"{path}: the first node is {first.op_type}({list(first.input)}), not the input's "
+                 "QuantizeLinear")
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    scale, zero = float(consts[first.input[1]]), int(consts[first.input[2]])
+    if scale != 1 / 128 or zero != 127:
+        sys.exit(f"{path}: the input is quantised with scale {scale} and zero point {zero}, not "
+                 "1/128 and 127: uint8 pixels would not be the same input")
+    quantized = first.output[0]
+    del g.node[0]
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name == quantized:
+                node.input[i] = "input"
+    g.input[0].type.tensor_type.elem_type = TensorProto.UINT8
+    used = {name for node in g.node for name in node.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
 
 
 def quality(path: Path) -> dict[str, float]:
     """Pooled-feature cosine and top-1 agreement, int8 at ``path`` vs the fp32 model."""
-    from cbir.extract.efficientnet import EfficientNetLite0
+    from cbir.extract.efficientnet import EfficientNetLite0, EfficientNetLite0Int8
 
     batch = _preprocess(holdout_images())
     fp = EfficientNetLite0(model_path=FP32).forward(batch, ("pooled", "logits"))
-    q = EfficientNetLite0(model_path=path).forward(batch, ("pooled", "logits", "regions"))
+    q = EfficientNetLite0Int8(model_path=path).forward(batch, ("pooled", "logits", "regions"))
     a = fp["pooled"] / np.linalg.norm(fp["pooled"], axis=1, keepdims=True)
     b = q["pooled"] / np.linalg.norm(q["pooled"], axis=1, keepdims=True)
     cos = (a * b).sum(1)
@@ -204,8 +245,14 @@ def write_record(size: int, digest: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="only check the packaged int8 model")
+    ap.add_argument("--uint8-input", action="store_true",
+                    help="only make the packaged graph take uint8 pixels (a graph built before "
+                         "the build did it), then check it")
     args = ap.parse_args()
-    if not args.check:
+    if args.uint8_input:
+        uint8_input(INT8)
+        write_record(INT8.stat().st_size, sha256(INT8))
+    elif not args.check:
         build(INT8)
         write_record(INT8.stat().st_size, sha256(INT8))
     size = INT8.stat().st_size

@@ -91,6 +91,29 @@ def test_int8_close_to_fp32(pair, photos: list[Image.Image]) -> None:
     assert cos.min() > 0.95, cos
 
 
+def test_int8_graph_takes_pixels_and_gives_the_float_input_graphs_features(pair, photos) -> None:
+    """The int8 graph takes uint8 pixels (its input QuantizeLinear, scale 1/128 and zero point
+    127, was removed: tools/quantize_model.py uint8_input). Its features equal, to float
+    tolerance, those the float-input graph gave (tests/data/int8-reference.npz, recorded from
+    it before the change), whether it is fed pixels or the fp32 preprocessing's floats."""
+    from pathlib import Path
+
+    fp, q = pair
+    assert q.takes_pixels() and not fp.takes_pixels()
+    pix = np.stack([q.preprocess(im) for im in photos])
+    flt = np.stack([fp.preprocess(im) for im in photos])
+    assert pix.dtype == np.uint8 and flt.dtype == np.float32
+    np.testing.assert_array_equal(pix, np.rint(flt * 128 + 127).astype(np.uint8))
+    ref = np.load(Path(__file__).parents[1] / "data" / "int8-reference.npz")
+    a, b = q.embed(pix), q.embed(flt)
+    np.testing.assert_array_equal(a.features, b.features)
+    np.testing.assert_allclose(a.features, ref["features"], atol=2e-4)
+    np.testing.assert_array_equal(np.argsort(-a.probs, 1)[:, :5], ref["top5"])
+    np.testing.assert_allclose(-np.sort(-a.probs, 1)[:, :5], ref["top5_probs"], atol=2e-4)
+    # and the fp32 graph, handed pixels, normalises them itself
+    np.testing.assert_allclose(fp.embed(pix).features, fp.embed(flt).features, atol=1e-6)
+
+
 def test_int8_chelsea_is_a_cat(pair, photos: list[Image.Image]) -> None:
     fp, q = pair
     batch = fp.preprocess(photos[0])[None]

@@ -44,7 +44,8 @@ class FeatureExtractor(Protocol):
     input_size: int
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """One RGB PIL image -> a float32 array ready to stack into a batch."""
+        """One RGB PIL image -> an array ready to stack into a batch (what ``embed`` takes:
+        float32 for most extractors, the uint8 pixels for a graph that takes them)."""
         ...
 
     def embed(self, batch: np.ndarray, *, regions: bool = False) -> Embedding:
