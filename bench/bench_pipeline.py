@@ -16,6 +16,8 @@ best run is the least disturbed) and the ratio b/a is what the target is about. 
 image (process time) is printed too: it is much less sensitive to other processes.
 
     python bench/bench_pipeline.py --images /tmp/cbir-bench-224      # 224x224 JPEGs
+    python bench/bench_pipeline.py --images /tmp/cbir-bench-224-6k --limit 6000 \
+        --make-from /tmp/wang/dataset /tmp/corel5k/db           # make them first (see --make-from)
     python bench/bench_pipeline.py --images /tmp/wang/dataset --runtime openvino
 """
 
@@ -46,6 +48,27 @@ from machine import cpu_flags, timed  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
+def make_224(sources: list[Path], out: Path, limit: int) -> None:
+    """224x224 JPEG copies (quality 90) of the first ``limit`` JPEGs under ``sources``."""
+    from PIL import Image
+
+    files = [p for src in sources for p in sorted(src.rglob("*"))
+             if p.suffix.lower() in (".jpg", ".jpeg")][:limit]
+    tmp = out.with_name(out.name + ".part")
+    for i, f in enumerate(files):
+        with Image.open(f) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            s = min(w, h)
+            im = im.resize((224, 224), Image.Resampling.BICUBIC,
+                           box=((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2))
+            dst = tmp / f.parent.name / f"{i:05d}.jpg"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            im.save(dst, quality=90)
+    tmp.rename(out)
+    print(f"made {len(files)} 224x224 JPEGs in {out}", file=sys.stderr)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, default=Path("/tmp/cbir-bench-224"))
@@ -59,7 +82,13 @@ def main() -> int:
     ap.add_argument("--regions", action="store_true",
                     help="also time end to end with region features (`cbir index --regions`)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "pipeline.json")
+    ap.add_argument("--make-from", type=Path, nargs="+", default=None, metavar="DIR",
+                    help="when --images does not exist, make it: the JPEGs under these folders "
+                         "(sorted, up to --limit), center-cropped and resized to 224x224, saved "
+                         "as JPEG quality 90 (e.g. Wang-1K and Corel-5K from ../shared/datasets)")
     args = ap.parse_args()
+    if args.make_from and not args.images.exists():
+        make_224(args.make_from, args.images, args.limit)
     if args.runtime:
         os.environ["CBIR_RUNTIME"] = args.runtime  # the collection's extractors read it
 

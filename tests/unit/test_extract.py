@@ -7,6 +7,7 @@ Fast tests use the "colorhist" extractor; tests marked slow use the real Efficie
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -127,11 +128,12 @@ def test_colorhist_features() -> None:
 
 
 # -- pipeline (fast, colorhist) ---------------------------------------------------------------
-def test_pipeline_one_result_per_input(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fused", [False, True])
+def test_pipeline_one_result_per_input(tmp_path: Path, fused: bool) -> None:
     files = _write_mixed(tmp_path)
     items = list(files.items())
     ex = ColorHistogram()
-    results = list(embed_files(items, ex, batch_size=2, decode_workers=2))
+    results = list(embed_files(items, ex, batch_size=2, decode_workers=2, fused=fused))
     by_key: dict[str, ItemResult[str]] = {r.key: r for r in results}
     assert len(results) == len(items) and set(by_key) == set(files)
     for key in ("corrupt", "empty", "missing"):
@@ -152,7 +154,8 @@ def test_pipeline_one_result_per_input(tmp_path: Path) -> None:
             assert np.allclose(r.features, expect, atol=1e-6)
 
 
-def test_pipeline_read_hook_skips(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fused", [False, True])
+def test_pipeline_read_hook_skips(tmp_path: Path, fused: bool) -> None:
     paths = []
     for i in range(5):
         p = tmp_path / f"{i}.png"
@@ -169,7 +172,7 @@ def test_pipeline_read_hook_skips(tmp_path: Path) -> None:
         return new
 
     results = list(embed_files(enumerate(paths), ColorHistogram(), batch_size=8, decode_workers=1,
-                               read_hook=hook))
+                               read_hook=hook, fused=fused))
     assert sorted(calls) == [0, 1, 2, 3, 4] and len(results) == 5
     skipped = [r for r in results if r.skipped]
     assert len(skipped) == 3 and all(r.features is None and r.error is None for r in skipped)
@@ -177,7 +180,8 @@ def test_pipeline_read_hook_skips(tmp_path: Path) -> None:
     assert sum(r.ok for r in results) == 2
 
 
-def test_pipeline_is_lazy_and_bounded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fused", [False, True])
+def test_pipeline_is_lazy_and_bounded(tmp_path: Path, fused: bool) -> None:
     p = tmp_path / "a.png"
     _noise(0, (32, 32)).save(p)
     consumed = 0
@@ -188,14 +192,16 @@ def test_pipeline_is_lazy_and_bounded(tmp_path: Path) -> None:
             consumed += 1
             yield i, p
 
-    gen = embed_files(items(), ColorHistogram(), batch_size=4, decode_workers=2, max_pending=10)
+    gen = embed_files(items(), ColorHistogram(), batch_size=4, decode_workers=2, max_pending=10,
+                      fused=fused)
     first = [next(gen) for _ in range(3)]
     assert all(r.ok for r in first)
     assert consumed <= 10 + 4 + 3  # never far ahead of the consumer
     gen.close()  # stops the workers
 
 
-def test_pipeline_many_items_all_accounted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fused", [False, True])
+def test_pipeline_many_items_all_accounted(tmp_path: Path, fused: bool) -> None:
     good = tmp_path / "g.jpg"
     _noise(0, (64, 64)).save(good)
     bad = tmp_path / "b.jpg"
@@ -203,9 +209,37 @@ def test_pipeline_many_items_all_accounted(tmp_path: Path) -> None:
     items = [(i, good if i % 7 else bad) for i in range(103)]
     for infer_workers in (1, 2):
         results = list(embed_files(items, ColorHistogram(), batch_size=16, decode_workers=3,
-                                   infer_workers=infer_workers))
+                                   infer_workers=infer_workers, fused=fused))
         assert sorted(r.key for r in results) == list(range(103))
         assert sum(r.error is not None for r in results) == len(range(0, 103, 7))
+
+
+def test_pipeline_fused_by_default_with_an_inference_thread_per_core(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """One single-threaded inference worker per core: each worker decodes its own batch
+    (threads named cbir-embed); otherwise decode threads feed the inference threads."""
+    import threading
+
+    good = tmp_path / "g.png"
+    _noise(0, (32, 32)).save(good)
+    seen: set[str] = set()
+
+    class Recording(ColorHistogram):
+        intra_op_num_threads = 1
+
+        def embed(self, batch, *, regions=False):
+            seen.add(threading.current_thread().name.rsplit("_", 1)[0])
+            return super().embed(batch, regions=regions)
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert len(list(embed_files([(i, good) for i in range(9)], Recording(), batch_size=4))) == 9
+    assert seen == {"cbir-embed"}
+    seen.clear()
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # 4 cores, 2 batches of 2 threads
+    ex = Recording()
+    ex.intra_op_num_threads = 2
+    assert len(list(embed_files([(i, good) for i in range(9)], ex, batch_size=4))) == 9
+    assert seen == {"cbir-infer"}
 
 
 # -- the real backbone (slow) ----------------------------------------------------------------
