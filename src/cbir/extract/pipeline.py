@@ -1,20 +1,26 @@
 """A bounded decode -> infer pipeline that keeps every core busy.
 
-Decode threads read each file once, hash its bytes, decode (JPEG draft mode down to the
-extractor's input size) and preprocess; the calling thread stacks ready items into
-batches, which ``infer_workers`` threads pass to ``extractor.embed``. Pillow's decoders
-and resizers, hashlib, numpy and onnxruntime release the GIL, so threads are enough. At
-most ``max_pending`` items are in flight, so memory stays flat whatever the number of files.
+Files are read once, hashed, decoded (JPEG draft mode down to the extractor's input size)
+and preprocessed, then embedded in batches. Pillow's decoders and resizers, hashlib, numpy
+and onnxruntime release the GIL, so threads are enough. At most ``max_pending`` items are
+in flight, so memory stays flat whatever the number of files.
 
-Threads on a small machine: onnxruntime's intra-op threads and the decode threads share
-the cores. Measured on the 2-core reference machine (bench/bench_extract.py --sweep), the
-least CPU per image, hence the best throughput, comes from one intra-op thread per batch
-with one batch in flight per core -- ``create_extractor(name, intra_op_num_threads=1)``,
-for which ``embed_files`` defaults to ``infer_workers = cores`` -- plus ``decode_workers
-= cores`` and thread spinning off. A single session using every core wastes time in its
-parallel-for barriers whenever a decode thread preempts one of its threads, and spinning
-idle threads steal the decoders' cores. The extractor's own default (one session on all
-cores, one batch at a time) is the best for the latency of a single query.
+Two layouts (``embed_files(fused=...)``), measured on the 2-core reference machine
+(bench/bench_pipeline.py, docs/pipeline.md):
+
+* fused, the default when there is one single-threaded inference worker per core (how
+  ``Collection.indexing_extractor`` runs the model for indexing): each worker decodes a
+  chunk of ``batch_size`` files, then embeds it. A core never switches between decoding
+  and a half-done batch, so inference costs what it costs alone (cache), and nothing
+  waits on a queue.
+* decode threads feeding inference threads, otherwise (e.g. one session on all cores):
+  ``decode_workers`` threads decode, the calling thread stacks ready items into batches,
+  ``infer_workers`` threads embed them.
+
+One intra-op thread per batch with a batch per core beats one session on every core
+(bench/bench_extract.py --sweep): a session using every core waits in its parallel-for
+barriers whenever another thread preempts one of its threads. The extractor's own default
+(one session on all cores, one batch at a time) is the best for the latency of a single query.
 """
 
 from __future__ import annotations
