@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +210,11 @@ def train_concepts(col: Collection, *, name: str = DEFAULT_MODEL, vocab: str = "
     if model.text is not None and model.tag_vectors == "word2vec":
         vec.save(_word2vec_dir(col, name))  # before the record: the record is the commit point
     model.save(concepts_dir(col), overwrite=overwrite)
+    if not col.readonly:  # the posteriors of every image, stored now: the first query is fast
+        t0 = time.perf_counter()
+        loaded = load_concept_model(col, name)
+        collection_posteriors(col, loaded)
+        log(f"concept posteriors of {len(recs)} images stored ({time.perf_counter() - t0:.1f} s)")
     return model
 
 
