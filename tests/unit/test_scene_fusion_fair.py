@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_scene_model import CONCEPTS, ToyVectors, _data
 
-from cbir.concepts.fusion import MIN_VISUAL, LogOddsFusion, fit_logodds_fusion
+from cbir.concepts.fusion import MIN_VISUAL, LogOddsFusion, fit_logistic, fit_logodds_fusion, sample_weights
 from cbir.concepts.scene_model import ScenePosteriors
 
 
@@ -137,3 +137,50 @@ def test_trained_model_counts_missing_tags_at_query_time(model):
             for t, h in zip(tags, post.has_text, strict=True)]
     np.testing.assert_array_equal(miss, want)
     assert post.take(np.arange(5)).missing_tags(q).tolist() == want[:5]
+
+
+def test_context_never_weighs_more_than_the_images_own_evidence():
+    """SSIR's context term r_m (concept sets related to the query) is informative, here more
+    than the image's own evidence r_s; the fit still keeps w1 >= w2, so an image with ~0
+    evidence for the concept (no sky in a "sky" query, only water) stays below one that
+    shows it with a weak context."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    y = rng.random(n) < 0.3
+    comp = np.full((n, 4), 0.5)
+    comp[:, 0] = np.clip(np.where(y, 0.6, 0.4) + 0.25 * rng.normal(size=n), 0.001, 0.999)
+    comp[:, 1] = np.clip(np.where(y, 0.9, 0.2) + 0.1 * rng.normal(size=n), 0.001, 0.999)
+    lg = np.log(comp[:, :2] / (1 - comp[:, :2]))
+    _, free = fit_logistic(lg, y.astype(float), sample_weights(y, None), np.zeros(2))
+    assert free[1] > free[0]  # unconstrained, the stronger context term would weigh more ...
+    fus = fit_logodds_fusion(comp, y.astype(int), None, np.zeros(n, bool))
+    w1, w2 = fus.visual[1:]
+    assert w1 >= w2 - 1e-9 and w2 > 0, fus.visual  # ... but the context never outweighs r_s
+    shows, context_only = [0.8, 0.3, 0.5, 0.5], [0.01, 0.99, 0.5, 0.5]
+    s = fus.score(np.array([shows, context_only]), np.zeros(2, bool))
+    assert s[0] > s[1], s
+    unconstrained = LogOddsFusion((fus.visual[0], float(free[0]), float(free[1])))
+    s = unconstrained.score(np.array([shows, context_only]), np.zeros(2, bool))
+    assert s[0] < s[1], s  # what the constraint prevents
+
+
+def test_scores_carry_the_querys_prior(model):
+    """The fusion is fitted with every query's positives weighing as much as its negatives
+    (eq. 17), i.e. at odds of 1:1; the score adds the query's prior log-odds on the training
+    images, so a probability means the same for every word (and next to a built-in word)."""
+    from cbir.concepts.calibration import apply_calibration
+
+    m = model.train_concepts
+    for words in (["sky"], ["sky", "water"]):
+        q = model.query(words)
+        pi = m[:, list(q)].all(axis=1).mean()
+        assert 0 < pi < 1 and model.prior_logodds(q) == pytest.approx(np.log(pi / (1 - pi)))
+    unseen = model.with_settings()  # a query no training image holds counts half an image
+    unseen.train_concepts = np.zeros_like(m)
+    assert unseen.prior_logodds(q) == pytest.approx(np.log(0.5 / (m.shape[0] - 0.5)))
+    x, _, tags, _ = _data(30, seed=7)
+    post = model.posteriors(x, tags, ToyVectors())
+    q = model.query(["sky", "water"])
+    cal = apply_calibration(model.components(q, post), model.calibration)
+    z = model.logodds.logodds(cal, post.has_text, post.missing_tags(q)) + model.prior_logodds(q)
+    np.testing.assert_allclose(model.score(q, post), 1 / (1 + np.exp(-z)))

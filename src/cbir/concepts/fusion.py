@@ -318,9 +318,10 @@ class LogOddsFusion:
         return np.where(mask, zt, zv)
 
     def score(self, calibrated: np.ndarray, has_text: np.ndarray | None = None,
-              missing: np.ndarray | None = None) -> np.ndarray:
-        """``(n,)`` P(image holds every concept of the query | its evidence)."""
-        return 1.0 / (1.0 + np.exp(-self.logodds(calibrated, has_text, missing)))
+              missing: np.ndarray | None = None, offset: float = 0.0) -> np.ndarray:
+        """``(n,)`` P(image holds every concept of the query | its evidence); ``offset`` is
+        added to the log-odds (the query's prior log-odds: ``SceneModel.prior_logodds``)."""
+        return 1.0 / (1.0 + np.exp(-(self.logodds(calibrated, has_text, missing) + offset)))
 
 
 def fit_logodds_fusion(calibrated: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
@@ -345,7 +346,14 @@ def fit_logodds_fusion(calibrated: np.ndarray, labels: np.ndarray, groups: np.nd
     mask = np.zeros(len(y), dtype=bool) if has_text is None else np.asarray(has_text, dtype=bool)
     lg = logit(comp)
     cols_v = [k for k in (0, 1) if act[k]]
-    if cols_v:
+    if cols_v == [0, 1]:
+        # w1 >= w2, fitted as w2 (l1 + l2) + (w1 - w2) l1 with both >= 0: SSIR's context term
+        # (concept sets related to the query) never weighs more than the image's own evidence
+        # for the query, so fewer images with ~0 evidence but a strong context (water, for
+        # "sky") outrank images that show it; it also fitted better (docs/scene-fusion.md)
+        bv, cv = fit_logistic(np.column_stack([lg[:, 0] + lg[:, 1], lg[:, 0]]), y, sw, np.zeros(2))
+        cv = np.array([cv[0] + cv[1], cv[0]])
+    elif cols_v:
         bv, cv = fit_logistic(lg[:, cols_v], y, sw, np.zeros(len(cols_v)))
     else:
         bv, cv = fit_logistic(np.zeros((len(y), 0)), y, sw, np.zeros(0))

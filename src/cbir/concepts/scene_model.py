@@ -221,6 +221,7 @@ class SceneModel:
                  text: Any | None, weights: Sequence[float], meta: dict[str, Any]):
         self.vocabulary = vocabulary
         self.train_concepts = np.asarray(train_concepts, dtype=bool)
+        self._priors: dict[tuple[int, ...], float] = {}
         if self.train_concepts.shape[1:] != (vocabulary.n_concepts,):
             raise InvalidRequest(f"training concepts {self.train_concepts.shape} do not match the "
                                  f"{vocabulary.n_concepts} concepts of the vocabulary")
@@ -315,8 +316,32 @@ class SceneModel:
         cal = apply_calibration(components, self.calibration)
         if self.logodds is not None and self.calibration is not None:
             missing = None if query is None else post.missing_tags(query)
-            return self.logodds.score(cal, mask, missing)
+            prior = 0.0 if query is None else self.prior_logodds(query)
+            return self.logodds.score(cal, mask, missing, offset=prior)
         return fuse(cal, self.weights, mask)
+
+    def prior_logodds(self, query: Sequence[int]) -> float:
+        """logit of P(an image holds every concept of ``query``) on the training images (at
+        least half an image's worth).
+
+        The log-odds fusion is fitted with eq. 17's weights, positives counting as much as
+        negatives for every query: what it outputs are the odds of a world where half the
+        images hold the query. Adding this prior's log-odds (King and Zeng's prior
+        correction) turns them into the odds in this library, so a probability means the
+        same across words and models: without it an image with no sign of "beach" read
+        0.79 and outranked real beaches in a query that mixed a trained word with a
+        built-in one (geometric mean of per-word probabilities). Ranking within one
+        trained query is unchanged (the same constant for every image).
+        """
+        key = tuple(sorted(int(c) for c in query))
+        cached = self._priors.get(key)
+        if cached is None:
+            m = self.train_concepts
+            n = m.shape[0]
+            k = int(np.all(m[:, list(key)], axis=1).sum()) if n and key else 0
+            p = min(max(k, 0.5), max(n - 0.5, 0.5)) / max(n, 1)
+            cached = self._priors[key] = float(np.log(p) - np.log1p(-p))
+        return cached
 
     def concept_probabilities(self, post: ScenePosteriors) -> np.ndarray:
         """``(n, C)`` per-concept probability P(c | the image's evidence).
