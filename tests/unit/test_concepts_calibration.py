@@ -51,3 +51,30 @@ def test_calibration_is_monotone_per_column_and_skips_unusable_columns():
     assert np.array_equal(apply_calibration(comp, None), comp)
     a, b = cal[0]
     assert out[0, 0] == pytest.approx(1 / (1 + np.exp(-(a * np.log(comp[0, 0] + EPS) + b))))
+
+
+def test_product_terms_are_calibrated_per_concept():
+    """r_s is a product of one posterior per query concept (about p**|Q|): calibrated on
+    log(r_s) / |Q|, a posterior p means the same for a 1- and a 4-concept query, instead of
+    one slope for all lengths squashing single-concept evidence."""
+    rng = np.random.default_rng(1)
+    n = 8000
+    lengths = rng.integers(1, 5, size=n)
+    y = rng.random(n) < 0.3
+    p = np.clip(np.where(y, 0.7, 0.1) + 0.1 * rng.normal(size=n), 0.001, 0.999)  # per concept
+    comp = np.column_stack([p ** lengths, np.full(n, 0.5), p ** lengths, np.full(n, 0.5)])
+    w = np.ones(n)
+    per = fit_calibration(comp, y, w, lengths=lengths)
+    assert len(per[0]) == 3 and per[0][2] == 1 and len(per[2]) == 3 and len(per[1]) == 2
+    one = fit_calibration(comp, y, w)  # as models calibrated before: one slope for every length
+    assert len(one[0]) == 2
+    # a single concept at 0.01 and at 0.5: per concept they lie much further apart
+    single = np.array([[0.01, 0.5, 0.01, 0.5], [0.5, 0.5, 0.5, 0.5]])
+    a, b = apply_calibration(single, per, 1), apply_calibration(single, one)
+    gap = lambda c: np.diff(np.log(c[:, 0] / (1 - c[:, 0])))[0]  # noqa: E731
+    assert gap(a) > 2 * gap(b) > 0
+    # the same posterior per concept reads the same at any length
+    np.testing.assert_allclose(apply_calibration(np.array([[0.5 ** 3, 0.5, 0.5 ** 3, 0.5]]), per, 3),
+                               apply_calibration(np.array([[0.5, 0.5, 0.5, 0.5]]), per, 1))
+    with pytest.raises(Exception, match="query lengths"):
+        apply_calibration(single, per)

@@ -181,6 +181,6 @@ def test_scores_carry_the_querys_prior(model):
     x, _, tags, _ = _data(30, seed=7)
     post = model.posteriors(x, tags, ToyVectors())
     q = model.query(["sky", "water"])
-    cal = apply_calibration(model.components(q, post), model.calibration)
+    cal = apply_calibration(model.components(q, post), model.calibration, len(q))
     z = model.logodds.logodds(cal, post.has_text, post.missing_tags(q)) + model.prior_logodds(q)
     np.testing.assert_allclose(model.score(q, post), 1 / (1 + np.exp(-z)))

@@ -11,9 +11,15 @@ calibrated terms .447/.483/.514.
 So each term is first mapped to a probability that the image is relevant, by Platt
 scaling on its logarithm, ``p_k = sigmoid(alpha_k log(c_k + eps) + beta_k)``, fit on the
 validation split with the imbalance weights of eq. 17 (every query weighs the same, and
-its positives as much as its negatives). The map is monotone (``alpha_k >= 0`` is
-enforced), so each term ranks images as before; only the fusion sees the change. Eqs.
-7-9 and 14-18 then apply unchanged to the calibrated terms.
+its positives as much as its negatives). The two product terms (``r_s`` of the image and of
+the tags: eq. 10's product of one posterior per query concept) are calibrated per concept,
+on ``log(c) / |Q|`` (the geometric mean), when the query lengths are given: one slope for
+products of 1 to 4 posteriors was a compromise that squashed single-concept evidence (a
+posterior of 0.01 read 0.82, one of 0.5 read 0.935: docs/scene-fusion.md). Such columns
+store ``[alpha, beta, 1]``; ``[alpha, beta]`` (models calibrated before) are applied as
+fitted. The map is monotone (``alpha_k >= 0`` is enforced), so each term ranks images as
+before (within one query length); only the fusion sees the change. Eqs. 7-9 and 14-18 then
+apply unchanged to the calibrated terms.
 """
 
 from __future__ import annotations
@@ -60,9 +66,25 @@ def fit_platt(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, *
     return alpha, beta
 
 
+#: columns that are products of one posterior per query concept (r_s of the image, of the tags)
+PRODUCT_COLUMNS = (0, 2)
+
+
+def _log_term(values: np.ndarray, per_concept: bool, lengths: np.ndarray | float | None) -> np.ndarray:
+    x = np.log(np.asarray(values, dtype=np.float64) + EPS)
+    if per_concept:
+        if lengths is None:
+            raise InvalidRequest("this calibration is per concept: give the query lengths")
+        x = x / np.maximum(np.asarray(lengths, dtype=np.float64), 1.0)
+    return x
+
+
 def fit_calibration(components: np.ndarray, labels: np.ndarray, weights: np.ndarray,
-                    usable: np.ndarray | None = None) -> list[list[float] | None]:
-    """One ``[alpha, beta]`` per column of ``(n, 4)`` components (None for an unused column).
+                    usable: np.ndarray | None = None,
+                    lengths: np.ndarray | None = None) -> list[list[float] | None]:
+    """One ``[alpha, beta]`` per column of ``(n, 4)`` components (None for an unused column);
+    ``[alpha, beta, 1]`` for a product column calibrated per concept (``lengths``: ``(n,)``
+    the query length of each row; None: every column as one term).
 
     usable: ``(n, 4)`` bool, the rows that inform each column (e.g. the text terms only on
     tagged images); a column with no usable row, or with only one class among them, is None.
@@ -76,13 +98,18 @@ def fit_calibration(components: np.ndarray, labels: np.ndarray, weights: np.ndar
         if not rows.any() or y[rows].all() or not y[rows].any():
             out.append(None)
             continue
-        a, b = fit_platt(np.log(comp[rows, k] + EPS), y[rows], weights[rows])
-        out.append([a, b])
+        per = lengths is not None and k in PRODUCT_COLUMNS
+        x = _log_term(comp[rows, k], per, None if lengths is None else np.asarray(lengths)[rows])
+        a, b = fit_platt(x, y[rows], weights[rows])
+        out.append([a, b, 1] if per else [a, b])
     return out
 
 
-def apply_calibration(components: np.ndarray, calibration: list[list[float] | None] | None) -> np.ndarray:
-    """``(n, 4)`` calibrated terms; None (no calibration) or a None column leaves values as they are."""
+def apply_calibration(components: np.ndarray, calibration: list[list[float] | None] | None,
+                      lengths: np.ndarray | float | None = None) -> np.ndarray:
+    """``(n, 4)`` calibrated terms; None (no calibration) or a None column leaves values as they
+    are. lengths: the query length (a number, or ``(n,)`` per row), needed by columns
+    calibrated per concept."""
     comp = np.asarray(components, dtype=np.float64)
     if calibration is None:
         return comp
@@ -91,5 +118,6 @@ def apply_calibration(components: np.ndarray, calibration: list[list[float] | No
     out = comp.copy()
     for k, ab in enumerate(calibration):
         if ab is not None:
-            out[:, k] = 1.0 / (1.0 + np.exp(-(ab[0] * np.log(comp[:, k] + EPS) + ab[1])))
+            x = _log_term(comp[:, k], len(ab) > 2 and bool(ab[2]), lengths)
+            out[:, k] = 1.0 / (1.0 + np.exp(-(ab[0] * x + ab[1])))
     return out

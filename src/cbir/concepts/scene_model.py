@@ -174,12 +174,14 @@ def fit_fusion(scorer: SceneScorer, post: ScenePosteriors, concept_matrix: np.nd
     act = np.array([True, True, post.text_single is not None, post.text_single is not None])
     if active is not None:
         act &= np.asarray(active, dtype=bool)
-    comps, labels, groups = [], [], []
+    comps, labels, groups, lengths = [], [], [], []
     for g, q in enumerate(queries):
         comps.append(scene_components(scorer, q, post))
         labels.append(m[:, list(q)].all(axis=1))
         groups.append(np.full(len(post), g, dtype=np.int64))
+        lengths.append(np.full(len(post), len(q), dtype=np.int64))
     comp = np.concatenate(comps)
+    qlen = np.concatenate(lengths)
     y = np.concatenate(labels).astype(np.int64)
     missing = None
     if post.tag_concepts is not None and post.text_single is not None:
@@ -192,7 +194,7 @@ def fit_fusion(scorer: SceneScorer, post: ScenePosteriors, concept_matrix: np.nd
     keep = keep_g[gid]
     if not keep.any():
         raise InvalidRequest("no validation query has both relevant and irrelevant images")
-    comp, y, gid = comp[keep], y[keep], gid[keep]
+    comp, y, gid, qlen = comp[keep], y[keep], gid[keep], qlen[keep]
     missing = None if missing is None else missing[keep]
     has_text = None if has_text is None else has_text[keep]
     calibration = None
@@ -201,8 +203,8 @@ def fit_fusion(scorer: SceneScorer, post: ScenePosteriors, concept_matrix: np.nd
         usable[:, ~act] = False
         if has_text is not None:
             usable[:, 2:] &= has_text[:, None]
-        calibration = fit_calibration(comp, y, sample_weights(y, gid), usable)
-        comp = apply_calibration(comp, calibration)
+        calibration = fit_calibration(comp, y, sample_weights(y, gid), usable, lengths=qlen)
+        comp = apply_calibration(comp, calibration, qlen)
     res = fit_fusion_weights(comp, y, gid, has_text, active=act)
     lo = None
     if calibrate and logodds:
@@ -313,7 +315,7 @@ class SceneModel:
         from cbir.concepts.calibration import apply_calibration
 
         mask = post.has_text if post.text_single is not None else np.zeros(len(post), dtype=bool)
-        cal = apply_calibration(components, self.calibration)
+        cal = apply_calibration(components, self.calibration, None if query is None else len(query))
         if self.logodds is not None and self.calibration is not None:
             missing = None if query is None else post.missing_tags(query)
             prior = 0.0 if query is None else self.prior_logodds(query)
