@@ -657,10 +657,14 @@ def _merged_search(col: Collection, model: Any, query: str | Sequence[str], *, k
             continue
         try:
             (r,), _ = resolve_words([w])
-            if t is not None and not weak and r.how not in LITERAL:
-                # both only guess (a synonym or spelling of the library's own concept vs a
-                # built-in neighbour): the library's own concept
-                raise InvalidRequest("the trained model's guess first")
+        except InvalidRequest as be:
+            if t is None:
+                raise InvalidRequest(f"neither model {model.name!r} nor the built-in concepts know "
+                                     f"{w!r}: {be}") from None
+            r = None
+        # when both only guess (a synonym or spelling of the library's own concept vs a
+        # built-in neighbour), the library's own concept
+        if r is not None and (t is None or weak or r.how in LITERAL):
             plan.append(("builtin", w))
             if weak:
                 notes.append(f"model {model.name!r} learnt {model.concepts[c]!r} from fewer than "
@@ -669,10 +673,6 @@ def _merged_search(col: Collection, model: Any, query: str | Sequence[str], *, k
             elif t is None:
                 notes.append(f"model {model.name!r} does not know {w!r}; read by the built-in concepts")
             continue
-        except InvalidRequest as be:
-            if t is None:
-                raise InvalidRequest(f"neither model {model.name!r} nor the built-in concepts know "
-                                     f"{w!r}: {be}") from None
         plan.append(("trained", (c, t.terms[0])))
         notes.extend(t.notes)
         if weak:

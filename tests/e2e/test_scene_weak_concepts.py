@@ -8,6 +8,8 @@ and says so; `concepts show` flags the concept.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +23,16 @@ from scene_photos import make_tagged_photos
 pytest.importorskip("torch")
 
 
+def _store_top_class(col: Collection, top: Callable[[Any], int]) -> None:
+    """Store the class probabilities the ImageNet backbone would have: 0.9 on ``top(record)``."""
+    for rec in col.catalog.iter_records("ok"):
+        p = np.full(1000, 1e-5, dtype=np.float32)
+        p[top(rec)] = 0.9
+        col.catalog.db.execute("UPDATE images SET class_probs=? WHERE id=?",
+                               (pack_class_probs(p), rec.id))
+    col.catalog._bump()
+
+
 def test_a_concept_with_few_training_images_leans_on_the_builtin_one(tmp_path, capsys) -> None:
     photos = tmp_path / "photos"
     make_tagged_photos(photos, n_tagged=40, n_untagged=4)
@@ -31,12 +43,7 @@ def test_a_concept_with_few_training_images_leans_on_the_builtin_one(tmp_path, c
     with Collection.create_or_open(coll, "colorhist") as col, col.writer_lock():
         index_paths(col, [photos], progress=False)
         # the ImageNet backbone would have stored these: one untagged photo shows a dog
-        for rec in col.catalog.iter_records("ok"):
-            p = np.full(1000, 1e-5, dtype=np.float32)
-            p[207 if rec.path.endswith("untagged0.png") else 281] = 0.9
-            col.catalog.db.execute("UPDATE images SET class_probs=? WHERE id=?",
-                                   (pack_class_probs(p), rec.id))
-        col.catalog._bump()
+        _store_top_class(col, lambda rec: 207 if rec.path.endswith("untagged0.png") else 281)
     assert main(["-c", str(coll), "concepts", "train", "--vectors", "none", "--min-support", "3"]) == 0
     capsys.readouterr()
     assert main(["-c", str(coll), "concepts", "show", "--json"]) == 0
@@ -61,16 +68,11 @@ def test_trained_and_builtin_concepts_form_one_vocabulary(tmp_path, capsys) -> N
     with Collection.create_or_open(coll, "colorhist") as col, col.writer_lock():
         index_paths(col, [photos], progress=False)
         records = sorted(col.catalog.iter_records("ok"), key=lambda r: r.path)
+        # half the red photos and a third of the others (tagged or not) show a dog
         for n, rec in enumerate(records):
-            p = np.full(1000, 1e-5, dtype=np.float32)
-            # half the red photos and a third of the others (tagged or not) show a dog
-            dog = n % (2 if "red" in truth[rec.path] else 3) == 0
-            p[207 if dog else 281] = 0.9
-            if dog:
+            if n % (2 if "red" in truth[rec.path] else 3) == 0:
                 dogs.add(rec.path)
-            col.catalog.db.execute("UPDATE images SET class_probs=? WHERE id=?",
-                                   (pack_class_probs(p), rec.id))
-        col.catalog._bump()
+        _store_top_class(col, lambda rec: 207 if rec.path in dogs else 281)
     assert main(["-c", str(coll), "concepts", "train", "--vectors", "none", "--min-support", "3"]) == 0
     capsys.readouterr()
     assert main(["-c", str(coll), "scene", "red dog", "-k", "8", "--json"]) == 0
@@ -106,12 +108,8 @@ def test_a_real_word_is_never_read_as_a_misspelt_trained_concept(tmp_path, capsy
     coll = tmp_path / "coll"
     with Collection.create_or_open(coll, "colorhist") as col, col.writer_lock():
         index_paths(col, [photos], progress=False)
-        for rec in col.catalog.iter_records("ok"):
-            p = np.full(1000, 1e-5, dtype=np.float32)
-            p[339 if rec.path.endswith("untagged1.png") else 281] = 0.9  # 339: sorrel, a horse
-            col.catalog.db.execute("UPDATE images SET class_probs=? WHERE id=?",
-                                   (pack_class_probs(p), rec.id))
-        col.catalog._bump()
+        # 339: sorrel, a horse
+        _store_top_class(col, lambda rec: 339 if rec.path.endswith("untagged1.png") else 281)
     assert sum("red" in t for t in truth.values()) >= 20
     assert main(["-c", str(coll), "concepts", "train", "--vectors", "none", "--min-support", "3"]) == 0
     capsys.readouterr()

@@ -75,6 +75,20 @@ def _features(col_dir: Path) -> dict[str, tuple[np.ndarray | None, int | None, s
         return out
 
 
+def assert_same_features(local: Path, ray: Path, n: int) -> tuple[dict, dict]:
+    """Both collections hold the same n paths, statuses and errors, and the same features and
+    top classes (to float tolerance) for the images that were read; returns both ``_features``."""
+    a, b = _features(local), _features(ray)
+    assert set(a) == set(b) and len(a) == n
+    for name, (fa, ca, sa, ea) in a.items():
+        fb, cb, sb, eb = b[name]
+        assert (sa, ea) == (sb, eb), name
+        if sa == "ok":
+            assert np.abs(np.asarray(fa, np.float32) - np.asarray(fb, np.float32)).max() <= 1e-5
+            assert ca == cb, name
+    return a, b
+
+
 def _index(col_dir: Path, root: Path, engine: str, **kw) -> IndexReport:
     from cbir.extract.ray_engine import RayOptions
 
@@ -120,14 +134,7 @@ def test_ray_engine_matches_local_and_resumes(ray_cluster, photos: Path, tmp_pat
     assert reported == _problems(local) and set(reported) == {"truncated.jpg", "notes.jpg"}
 
     # features identical to the local pipeline's
-    a, b = _features(tmp_path / "local"), _features(tmp_path / "ray")
-    assert set(a) == set(b) and len(a) == N_GOOD + 3
-    for name, (fa, ca, sa, ea) in a.items():
-        fb, cb, sb, eb = b[name]
-        assert (sa, ea) == (sb, eb), name
-        if sa == "ok":
-            assert np.abs(np.asarray(fa, np.float32) - np.asarray(fb, np.float32)).max() <= 1e-5
-            assert ca == cb, name
+    assert_same_features(tmp_path / "local", tmp_path / "ray", N_GOOD + 3)
 
     # a third run has nothing to do (Ray is not even asked)
     third = _index(tmp_path / "ray", photos, "ray", batch_size=4)

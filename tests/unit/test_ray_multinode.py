@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_ray_engine import N_GOOD, _features, make_photos
+from test_ray_engine import N_GOOD, _features, assert_same_features, make_photos
 
 from cbir.extras import available
 
@@ -125,14 +125,7 @@ def test_index_on_a_two_node_cluster(two_nodes, photos: Path, tmp_path: Path,
     assert (remote["added"], remote["skipped"]) == (local["added"], local["skipped"]) == (N_GOOD, 2)
     assert _skipped(remote) == _skipped(local)
     assert set(_skipped(local)) == {"truncated.jpg", "notes.jpg"}
-    a, b = _features(tmp_path / "local"), _features(tmp_path / "ray")
-    assert set(a) == set(b) and len(a) == N_GOOD + 2
-    for name, (fa, ca, sa, ea) in a.items():
-        fb, cb, sb, eb = b[name]
-        assert (sa, ea) == (sb, eb), name
-        if sa == "ok":
-            assert np.abs(np.asarray(fa, np.float32) - np.asarray(fb, np.float32)).max() <= 1e-5
-            assert ca == cb, name
+    _, b = assert_same_features(tmp_path / "local", tmp_path / "ray", N_GOOD + 2)
 
     # (2) the work ran on both nodes: one actor each (pool = the cluster's 2 CPUs), and both
     # nodes read and embedded some of the files
